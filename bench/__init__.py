@@ -1,0 +1,1 @@
+"""Benchmarks (not tests). Run with scripts/bench."""

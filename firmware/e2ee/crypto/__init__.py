@@ -1,0 +1,226 @@
+# The crypto backend interface. Every protocol module calls these functions and never a
+# primitive directly. Inputs are checked here once; backends get well-formed arguments.
+#
+# Backends, best first (docs/decisions.md, "Crypto backend hierarchy"):
+#   "c"     the firmware C module `_e2ee_crypto` (boards built with it; see boards/)
+#   "viper" viper/native-accelerated MicroPython, 32-bit-word arithmetic
+#   "pure"  portable pure Python, runs on MicroPython and CPython
+#   "host"  CPython: `cryptography` (X25519, Ed25519, ChaCha20-Poly1305, HKDF)
+# Each primitive comes from the first backend in the chain that provides it, so a C module
+# that only has X25519 and the AEAD still gets Ed25519 from viper.
+import os
+import sys
+
+from e2ee.crypto import constant_time, kdf
+from e2ee.crypto.errors import (
+    BackendUnavailable,
+    InvalidLength,
+    InvalidSignature,
+    InvalidTag,
+    WeakSharedSecret,
+)
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+KEY_SIZE = const(32)  # X25519 scalars and u-coordinates, Ed25519 seeds and keys, AEAD keys
+NONCE_SIZE = const(12)  # ChaCha20-Poly1305 IETF nonce (RFC 8439 §2.8)
+TAG_SIZE = const(16)  # Poly1305 tag (RFC 8439 §2.5)
+SIGNATURE_SIZE = const(64)  # Ed25519 signature R || S (RFC 8032 §5.1.6)
+
+# Primitive name -> (module inside a MicroPython backend package, function name).
+# The "c" and "host" backends expose the primitive names directly.
+_PRIMITIVES = {
+    "sha512": ("sha512", "sha512"),
+    "aead_seal_into": ("chacha20poly1305", "seal_into"),
+    "aead_open_into": ("chacha20poly1305", "open_into"),
+    "x25519": ("x25519", "x25519"),
+    "x25519_base": ("x25519", "x25519_base"),
+    "ed25519_public_key": ("ed25519", "public_key"),
+    "ed25519_sign": ("ed25519", "sign"),
+    "ed25519_verify": ("ed25519", "verify"),
+}
+_PACKAGES = {"viper": "e2ee.crypto._viper", "pure": "e2ee.crypto._pure"}
+_MODULES = {"c": "_e2ee_crypto", "host": "e2ee.crypto._host"}
+
+
+def _import(name):
+    __import__(name)
+    return sys.modules[name]
+
+
+# The function implementing `primitive` in backend `backend`, or None when that backend
+# lacks it or cannot load on this runtime (no C module, no viper emitter, no cryptography).
+def _find(backend, primitive):
+    try:
+        if backend in _MODULES:
+            return getattr(_import(_MODULES[backend]), primitive, None)
+        module, function = _PRIMITIVES[primitive]
+        return getattr(_import(_PACKAGES[backend] + "." + module), function)
+    except (ImportError, SyntaxError, AttributeError):
+        return None
+
+
+# Backend chain for this runtime, best first; unavailable ones are skipped when resolving.
+def _chain():
+    if sys.implementation.name == "micropython":
+        return ("c", "viper", "pure")
+    return ("host", "pure")
+
+
+# The backends that load on this runtime.
+def available():
+    return [b for b in _chain() if _find(b, "sha512") or _find(b, "x25519")]
+
+
+# One set of validated primitives bound to a backend chain.
+class Suite:
+    def __init__(self, chain):
+        self.provider = {}
+        for primitive in _PRIMITIVES:
+            for backend in chain:
+                fn = _find(backend, primitive)
+                if fn is not None:
+                    setattr(self, "_" + primitive, fn)
+                    self.provider[primitive] = backend
+                    break
+            else:
+                raise BackendUnavailable("no backend in %r provides %s" % (chain, primitive))
+        host = "host" in chain and _find("host", "hkdf_sha256")
+        self._hmac = _find("host", "hmac_sha256") if host else kdf.hmac_sha256
+        self._hkdf = host or kdf.hkdf_sha256
+        # Active backends in order of use, e.g. "viper" or "c+viper".
+        names = []
+        for backend in chain:
+            if backend in self.provider.values():
+                names.append(backend)
+        self.name = "+".join(names)
+
+    def __repr__(self):
+        return "<crypto.Suite %s>" % self.name
+
+    # os.urandom: the OS CSPRNG on hosts, the hardware RNG on ESP32/RP2040 (boards/).
+    def random_bytes(self, n):
+        return os.urandom(n)
+
+    def ct_equal(self, a, b):
+        return constant_time.equal(a, b)
+
+    # FIPS 180-4 §6.4
+    def sha512(self, data):
+        return self._sha512(data)
+
+    # RFC 2104
+    def hmac_sha256(self, key, data):
+        return self._hmac(key, data)
+
+    # RFC 5869; salt None means HashLen zero bytes.
+    def hkdf_sha256(self, ikm, salt, info, length):
+        if not 0 <= length <= kdf.HKDF_MAX_LENGTH:
+            raise InvalidLength("HKDF length %d not in 0..%d" % (length, kdf.HKDF_MAX_LENGTH))
+        return self._hkdf(ikm, salt, info, length)
+
+    # RFC 8439 §2.8 AEAD: returns ciphertext || 16-byte tag. ad None means b"".
+    def aead_encrypt(self, key, nonce, plaintext, ad=None):
+        out = bytearray(len(plaintext) + TAG_SIZE)
+        self.aead_encrypt_into(key, nonce, plaintext, ad, out)
+        return out
+
+    # Same, writing into a caller-owned buffer of len(plaintext) + 16 bytes (no allocation).
+    def aead_encrypt_into(self, key, nonce, plaintext, ad, out):
+        _check_aead(key, nonce)
+        if len(out) != len(plaintext) + TAG_SIZE:
+            raise InvalidLength("AEAD output buffer must be %d bytes" % (len(plaintext) + TAG_SIZE))
+        self._aead_seal_into(key, nonce, plaintext, b"" if ad is None else ad, out)
+
+    # RFC 8439 §2.8 AEAD open: raises InvalidTag when data fails authentication,
+    # including data shorter than a tag. Returns the plaintext.
+    def aead_decrypt(self, key, nonce, data, ad=None):
+        _check_aead(key, nonce)
+        n = len(data) - TAG_SIZE
+        if n < 0:
+            raise InvalidTag("ciphertext of %d bytes is shorter than the tag" % len(data))
+        data = memoryview(data)
+        out = bytearray(n)
+        if not self._aead_open_into(key, nonce, data[:n], data[n:], b"" if ad is None else ad, out):
+            raise InvalidTag("ChaCha20-Poly1305 authentication failed")
+        return out
+
+    # RFC 7748 §5; §6.1: an all-zero shared secret (small-order peer key) is refused.
+    def x25519(self, private, public):
+        _check_len("X25519 private key", private, KEY_SIZE)
+        _check_len("X25519 public key", public, KEY_SIZE)
+        shared = self._x25519(private, public)
+        if constant_time.equal(shared, bytes(KEY_SIZE)):
+            raise WeakSharedSecret("X25519 shared secret is all zero (small-order public key)")
+        return shared
+
+    # RFC 7748 §6.1: public key = X25519(private, 9).
+    def x25519_base(self, private):
+        _check_len("X25519 private key", private, KEY_SIZE)
+        return self._x25519_base(private)
+
+    # RFC 8032 §5.1.5
+    def ed25519_public_key(self, seed):
+        _check_len("Ed25519 seed", seed, KEY_SIZE)
+        return self._ed25519_public_key(seed)
+
+    # RFC 8032 §5.1.6. `public` may be passed to skip recomputing it.
+    def ed25519_sign(self, seed, message, public=None):
+        _check_len("Ed25519 seed", seed, KEY_SIZE)
+        if public is None:
+            public = self._ed25519_public_key(seed)
+        else:
+            _check_len("Ed25519 public key", public, KEY_SIZE)
+        return self._ed25519_sign(seed, public, message)
+
+    # RFC 8032 §5.1.7 (cofactorless, S < L, canonical encodings). Raises InvalidSignature.
+    def ed25519_verify(self, public, message, signature):
+        _check_len("Ed25519 public key", public, KEY_SIZE)
+        if len(signature) != SIGNATURE_SIZE:
+            raise InvalidSignature("Ed25519 signature must be 64 bytes, got %d" % len(signature))
+        if not self._ed25519_verify(public, message, signature):
+            raise InvalidSignature("Ed25519 signature does not verify")
+
+
+def _check_len(what, value, size):
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise InvalidLength("%s must be bytes" % what)
+    if len(value) != size:
+        raise InvalidLength("%s must be %d bytes, got %d" % (what, size, len(value)))
+
+
+def _check_aead(key, nonce):
+    _check_len("ChaCha20-Poly1305 key", key, KEY_SIZE)
+    _check_len("ChaCha20-Poly1305 nonce", nonce, NONCE_SIZE)
+
+
+# A Suite for one named backend (with "pure" behind it for anything it lacks).
+def load(name):
+    if name not in _PACKAGES and name not in _MODULES:
+        raise BackendUnavailable("unknown crypto backend %r" % name)
+    if name not in available():
+        raise BackendUnavailable("crypto backend %r is not available on this runtime" % name)
+    return Suite((name, "pure") if name != "pure" else ("pure",))
+
+
+# The default suite: best available chain, chosen once at import.
+default = Suite(_chain())
+BACKEND = default.name
+
+random_bytes = default.random_bytes
+ct_equal = default.ct_equal
+sha512 = default.sha512
+hmac_sha256 = default.hmac_sha256
+hkdf_sha256 = default.hkdf_sha256
+aead_encrypt = default.aead_encrypt
+aead_encrypt_into = default.aead_encrypt_into
+aead_decrypt = default.aead_decrypt
+x25519 = default.x25519
+x25519_base = default.x25519_base
+ed25519_public_key = default.ed25519_public_key
+ed25519_sign = default.ed25519_sign
+ed25519_verify = default.ed25519_verify

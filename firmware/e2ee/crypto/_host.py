@@ -1,0 +1,76 @@
+# CPython backend: `cryptography` (OpenSSL) for X25519, Ed25519, ChaCha20-Poly1305 and HKDF;
+# hashlib/hmac for SHA-512 and HMAC. Same contract as the MicroPython backends.
+import hashlib
+import hmac
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519 as _x25519
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+_RAW = serialization.Encoding.Raw
+_RAW_PUBLIC = serialization.PublicFormat.Raw
+
+
+def sha512(data):
+    return hashlib.sha512(data).digest()
+
+
+def hmac_sha256(key, data):
+    return hmac.digest(bytes(key), bytes(data), "sha256")
+
+
+def hkdf_sha256(ikm, salt, info, length):
+    if length == 0:
+        return b""
+    return HKDF(hashes.SHA256(), length, None if salt is None else bytes(salt), bytes(info)).derive(
+        bytes(ikm)
+    )
+
+
+def aead_seal_into(key, nonce, plaintext, ad, out):
+    out[:] = ChaCha20Poly1305(bytes(key)).encrypt(bytes(nonce), bytes(plaintext), bytes(ad))
+
+
+def aead_open_into(key, nonce, ciphertext, tag, ad, out):
+    try:
+        out[:] = ChaCha20Poly1305(bytes(key)).decrypt(
+            bytes(nonce), bytes(ciphertext) + bytes(tag), bytes(ad)
+        )
+    except InvalidTag:
+        return False
+    return True
+
+
+# RFC 7748 §5. OpenSSL refuses the all-zero result; the contract returns it raw and the
+# interface layer rejects it, so every backend reports the same error.
+def x25519(k, u):
+    peer = _x25519.X25519PublicKey.from_public_bytes(bytes(u))
+    try:
+        return _x25519.X25519PrivateKey.from_private_bytes(bytes(k)).exchange(peer)
+    except ValueError:
+        return bytes(32)
+
+
+def x25519_base(k):
+    key = _x25519.X25519PrivateKey.from_private_bytes(bytes(k))
+    return key.public_key().public_bytes(_RAW, _RAW_PUBLIC)
+
+
+def ed25519_public_key(seed):
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(seed))
+    return key.public_key().public_bytes(_RAW, _RAW_PUBLIC)
+
+
+def ed25519_sign(seed, public, message):
+    return ed25519.Ed25519PrivateKey.from_private_bytes(bytes(seed)).sign(bytes(message))
+
+
+def ed25519_verify(public, message, signature):
+    try:
+        key = ed25519.Ed25519PublicKey.from_public_bytes(bytes(public))
+        key.verify(bytes(signature), bytes(message))
+    except (InvalidSignature, ValueError):
+        return False
+    return True

