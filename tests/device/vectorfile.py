@@ -10,8 +10,7 @@ _TEXT_FIELDS = ("id", "result")
 def records(path):
     with open(path) as f:
         for line in f:
-            line = line.strip()
-            if not line or line[0] == "#":
+            if line[0] in "#\r\n":
                 continue
             rec = {}
             for field in line.split():
@@ -39,5 +38,6 @@ def write(path, header, recs):
             f.write(" ".join(fields) + "\n")
 
 
+# A numeric field: big-endian hex in files, or already an int in generated records.
 def as_int(b):
-    return int.from_bytes(b, "big")
+    return b if isinstance(b, int) else int.from_bytes(b, "big")

@@ -31,10 +31,12 @@ NONCE_SIZE = const(12)  # ChaCha20-Poly1305 IETF nonce (RFC 8439 §2.8)
 TAG_SIZE = const(16)  # Poly1305 tag (RFC 8439 §2.5)
 SIGNATURE_SIZE = const(64)  # Ed25519 signature R || S (RFC 8032 §5.1.6)
 
-# Primitive name -> (module inside a MicroPython backend package, function name).
+# Primitive name -> (module inside a MicroPython backend package, function name); module None
+# means the shared e2ee.crypto.kdf over the firmware's C hashlib.sha256.
 # The "c" and "host" backends expose the primitive names directly.
 _PRIMITIVES = {
     "sha512": ("sha512", "sha512"),
+    "sha512_hasher": ("sha512", "SHA512"),
     "aead_seal_into": ("chacha20poly1305", "seal_into"),
     "aead_open_into": ("chacha20poly1305", "open_into"),
     "x25519": ("x25519", "x25519"),
@@ -42,6 +44,8 @@ _PRIMITIVES = {
     "ed25519_public_key": ("ed25519", "public_key"),
     "ed25519_sign": ("ed25519", "sign"),
     "ed25519_verify": ("ed25519", "verify"),
+    "hmac_sha256": (None, "hmac_sha256"),
+    "hkdf_sha256": (None, "hkdf_sha256"),
 }
 _PACKAGES = {"viper": "e2ee.crypto._viper", "pure": "e2ee.crypto._pure"}
 _MODULES = {"c": "_e2ee_crypto", "host": "e2ee.crypto._host"}
@@ -59,6 +63,8 @@ def _find(backend, primitive):
         if backend in _MODULES:
             return getattr(_import(_MODULES[backend]), primitive, None)
         module, function = _PRIMITIVES[primitive]
+        if module is None:
+            return getattr(kdf, function) if _find(backend, "sha512") else None
         return getattr(_import(_PACKAGES[backend] + "." + module), function)
     except (ImportError, SyntaxError, AttributeError):
         return None
@@ -76,31 +82,40 @@ def available():
     return [b for b in _chain() if _find(b, "sha512") or _find(b, "x25519")]
 
 
-# One set of validated primitives bound to a backend chain.
+# One set of validated primitives bound to a backend chain. Each primitive is resolved on first
+# use, so a device pays (in RAM) only for the backend modules it calls.
 class Suite:
     def __init__(self, chain):
-        self.provider = {}
+        self.chain = chain
+        self.provider = {}  # primitive -> backend, filled in as primitives are resolved
+        self._fns = {}
+
+    def _fn(self, primitive):
+        fn = self._fns.get(primitive)
+        if fn is not None:
+            return fn
+        for backend in self.chain:
+            fn = _find(backend, primitive)
+            if fn is not None:
+                self._fns[primitive] = fn
+                self.provider[primitive] = backend
+                return fn
+        raise BackendUnavailable("no backend in %r provides %s" % (self.chain, primitive))
+
+    # Resolves every primitive now; returns the primitive -> backend map.
+    def resolve(self):
         for primitive in _PRIMITIVES:
-            for backend in chain:
-                fn = _find(backend, primitive)
-                if fn is not None:
-                    setattr(self, "_" + primitive, fn)
-                    self.provider[primitive] = backend
-                    break
-            else:
-                raise BackendUnavailable("no backend in %r provides %s" % (chain, primitive))
-        host = "host" in chain and _find("host", "hkdf_sha256")
-        self._hmac = _find("host", "hmac_sha256") if host else kdf.hmac_sha256
-        self._hkdf = host or kdf.hkdf_sha256
-        # Active backends in order of use, e.g. "viper" or "c+viper".
-        names = []
-        for backend in chain:
-            if backend in self.provider.values():
-                names.append(backend)
-        self.name = "+".join(names)
+            self._fn(primitive)
+        return self.provider
+
+    # Backends in use, in chain order, e.g. "viper" or "c+viper".
+    @property
+    def name(self):
+        used = self.resolve().values()
+        return "+".join([b for b in self.chain if b in used])
 
     def __repr__(self):
-        return "<crypto.Suite %s>" % self.name
+        return "<crypto.Suite %s>" % "/".join(self.chain)
 
     # os.urandom: the OS CSPRNG on hosts, the hardware RNG on ESP32/RP2040 (boards/).
     def random_bytes(self, n):
@@ -111,17 +126,25 @@ class Suite:
 
     # FIPS 180-4 §6.4
     def sha512(self, data):
-        return self._sha512(data)
+        return self._fn("sha512")(data)
+
+    # FIPS 180-4 §6.4, incremental: an object with update(data) and digest(), for messages
+    # that do not fit in RAM at once (firmware images, backups).
+    def sha512_hasher(self, data=None):
+        hasher = self._fn("sha512_hasher")()
+        if data is not None:
+            hasher.update(data)
+        return hasher
 
     # RFC 2104
     def hmac_sha256(self, key, data):
-        return self._hmac(key, data)
+        return self._fn("hmac_sha256")(key, data)
 
     # RFC 5869; salt None means HashLen zero bytes.
     def hkdf_sha256(self, ikm, salt, info, length):
         if not 0 <= length <= kdf.HKDF_MAX_LENGTH:
             raise InvalidLength("HKDF length %d not in 0..%d" % (length, kdf.HKDF_MAX_LENGTH))
-        return self._hkdf(ikm, salt, info, length)
+        return self._fn("hkdf_sha256")(ikm, salt, info, length)
 
     # RFC 8439 §2.8 AEAD: returns ciphertext || 16-byte tag. ad None means b"".
     def aead_encrypt(self, key, nonce, plaintext, ad=None):
@@ -134,7 +157,7 @@ class Suite:
         _check_aead(key, nonce)
         if len(out) != len(plaintext) + TAG_SIZE:
             raise InvalidLength("AEAD output buffer must be %d bytes" % (len(plaintext) + TAG_SIZE))
-        self._aead_seal_into(key, nonce, plaintext, b"" if ad is None else ad, out)
+        self._fn("aead_seal_into")(key, nonce, plaintext, b"" if ad is None else ad, out)
 
     # RFC 8439 §2.8 AEAD open: raises InvalidTag when data fails authentication,
     # including data shorter than a tag. Returns the plaintext.
@@ -145,7 +168,7 @@ class Suite:
             raise InvalidTag("ciphertext of %d bytes is shorter than the tag" % len(data))
         data = memoryview(data)
         out = bytearray(n)
-        if not self._aead_open_into(key, nonce, data[:n], data[n:], b"" if ad is None else ad, out):
+        if not self._fn("aead_open_into")(key, nonce, data[:n], data[n:], b"" if ad is None else ad, out):
             raise InvalidTag("ChaCha20-Poly1305 authentication failed")
         return out
 
@@ -153,7 +176,7 @@ class Suite:
     def x25519(self, private, public):
         _check_len("X25519 private key", private, KEY_SIZE)
         _check_len("X25519 public key", public, KEY_SIZE)
-        shared = self._x25519(private, public)
+        shared = self._fn("x25519")(private, public)
         if constant_time.equal(shared, bytes(KEY_SIZE)):
             raise WeakSharedSecret("X25519 shared secret is all zero (small-order public key)")
         return shared
@@ -161,28 +184,28 @@ class Suite:
     # RFC 7748 §6.1: public key = X25519(private, 9).
     def x25519_base(self, private):
         _check_len("X25519 private key", private, KEY_SIZE)
-        return self._x25519_base(private)
+        return self._fn("x25519_base")(private)
 
     # RFC 8032 §5.1.5
     def ed25519_public_key(self, seed):
         _check_len("Ed25519 seed", seed, KEY_SIZE)
-        return self._ed25519_public_key(seed)
+        return self._fn("ed25519_public_key")(seed)
 
     # RFC 8032 §5.1.6. `public` may be passed to skip recomputing it.
     def ed25519_sign(self, seed, message, public=None):
         _check_len("Ed25519 seed", seed, KEY_SIZE)
         if public is None:
-            public = self._ed25519_public_key(seed)
+            public = self._fn("ed25519_public_key")(seed)
         else:
             _check_len("Ed25519 public key", public, KEY_SIZE)
-        return self._ed25519_sign(seed, public, message)
+        return self._fn("ed25519_sign")(seed, public, message)
 
     # RFC 8032 §5.1.7 (cofactorless, S < L, canonical encodings). Raises InvalidSignature.
     def ed25519_verify(self, public, message, signature):
         _check_len("Ed25519 public key", public, KEY_SIZE)
         if len(signature) != SIGNATURE_SIZE:
             raise InvalidSignature("Ed25519 signature must be 64 bytes, got %d" % len(signature))
-        if not self._ed25519_verify(public, message, signature):
+        if not self._fn("ed25519_verify")(public, message, signature):
             raise InvalidSignature("Ed25519 signature does not verify")
 
 
@@ -207,13 +230,13 @@ def load(name):
     return Suite((name, "pure") if name != "pure" else ("pure",))
 
 
-# The default suite: best available chain, chosen once at import.
+# The default suite: the best available backend for each primitive, resolved on first use.
 default = Suite(_chain())
-BACKEND = default.name
 
 random_bytes = default.random_bytes
 ct_equal = default.ct_equal
 sha512 = default.sha512
+sha512_hasher = default.sha512_hasher
 hmac_sha256 = default.hmac_sha256
 hkdf_sha256 = default.hkdf_sha256
 aead_encrypt = default.aead_encrypt

@@ -17,6 +17,9 @@ def sha512(data):
     return hashlib.sha512(data).digest()
 
 
+sha512_hasher = hashlib.sha512
+
+
 def hmac_sha256(key, data):
     return hmac.digest(bytes(key), bytes(data), "sha256")
 

@@ -55,6 +55,6 @@ def hkdf_sha256(ikm, salt, info, length):
         okm[done : done + take] = block[:take]
         done += take
         if done == length:
-            return bytes(okm)
+            return okm
         counter += 1
         block = _mac(prk, block + info, bytes((counter,)))

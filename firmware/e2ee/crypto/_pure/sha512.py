@@ -131,6 +131,12 @@ class SHA512:
         out = bytearray(64)
         for i in range(8):
             out[8 * i:8 * i + 8] = self._state[i].to_bytes(8, "big")
+            self._state[i] = 0
+        # Drop the schedule's big ints: they would otherwise stay alive between calls,
+        # scattered over the heap (fragmentation) and holding words of the message.
+        w = _W
+        for t in range(80):
+            w[t] = 0
         return bytes(out)
 
 
