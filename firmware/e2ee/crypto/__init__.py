@@ -8,6 +8,7 @@
 #   "host"  CPython: `cryptography` (X25519, Ed25519, ChaCha20-Poly1305, HKDF)
 # Each primitive comes from the first backend in the chain that provides it, so a C module
 # that only has X25519 and the AEAD still gets Ed25519 from viper.
+import gc
 import os
 import sys
 
@@ -51,9 +52,16 @@ _PACKAGES = {"viper": "e2ee.crypto._viper", "pure": "e2ee.crypto._pure"}
 _MODULES = {"c": "_e2ee_crypto", "host": "e2ee.crypto._host"}
 
 
+# Imports a module by dotted name. On MicroPython a collection first lets the module's long-lived
+# objects fill the low, compacted heap instead of gaps between the loader's temporaries, so
+# the heap stays unfragmented (large buffers remain allocatable in a 120 KB heap).
 def _import(name):
-    __import__(name)
-    return sys.modules[name]
+    module = sys.modules.get(name)
+    if module is None:
+        gc.collect()
+        __import__(name)
+        module = sys.modules[name]
+    return module
 
 
 # The function implementing `primitive` in backend `backend`, or None when that backend

@@ -41,14 +41,11 @@ _TE = const(21)
 _TF = const(22)
 _TG = const(23)
 _TH = const(24)
-_TI = const(25)
-_TJ = const(26)
-_TK = const(27)
-_TL = const(28)
-# Tables: j*B for j = 0..8 (3 slots each), and A, 3A, 5A, 7A (4 slots each).
-_B_TABLE = const(29)
-_A_TABLE = const(56)
-_SLOTS = const(72)
+# Tables: j*B for j = 0..8 (3 slots each), and A, 3A, 5A, 7A (4 slots each). The A table
+# doubles as scratch while decoding and while it is being filled.
+_B_TABLE = const(25)
+_A_TABLE = const(52)
+_SLOTS = const(68)
 
 _ws = fe.workspace(_SLOTS)
 _digits_s = bytearray(256)  # NAF of S or radix-16 digits, stored as digit + 8
@@ -137,13 +134,14 @@ def _to_cached(q):
     return _prog((_ADD, q, _Y, _X), (_SUB, q + 1, _Y, _X), (_MUL, q + 2, _T, _D2), (_ADD, q + 3, _Z, _Z))
 
 
-# A, 3A, 5A, 7A (cached) from P = A: Q = 2A, then P = P + Q three times.
+# A, 3A, 5A, 7A (cached) from P = A: Q = 2A, then P = P + Q three times. X, Y, Z, T are
+# consecutive slots.
 _MAKE_A_TABLE = (
     _to_cached(_A_TABLE)
-    + _prog((_COPY, _TI, _X, 0), (_COPY, _TJ, _Y, 0), (_COPY, _TK, _Z, 0), (_COPY, _TL, _T, 0))
+    + _prog(*((_COPY, _A_TABLE + 12 + i, _X + i, 0) for i in range(4)))  # keep A in entry 3
     + _DBL_T
     + _to_cached(_Q)
-    + _prog((_COPY, _X, _TI, 0), (_COPY, _Y, _TJ, 0), (_COPY, _Z, _TK, 0), (_COPY, _T, _TL, 0))
+    + _prog(*((_COPY, _X + i, _A_TABLE + 12 + i, 0) for i in range(4)))
     + _add_program(False, False, True, _Q) + _to_cached(_A_TABLE + 4)
     + _add_program(False, False, True, _Q) + _to_cached(_A_TABLE + 8)
     + _add_program(False, False, True, _Q) + _to_cached(_A_TABLE + 12)
@@ -179,7 +177,8 @@ _DECODE = _prog(
     (_SQR, _TD, _TC, 1),
     (_MUL, _TD, _TD, _TB),  # v^7
     (_MUL, _TD, _TD, _TA),  # u v^7
-) + fe.pow22523_program(_TE, _TD, _TH, _TI, _TJ, _TK) + _prog(
+) + fe.pow22523_program(
+    _TE, _TD, _A_TABLE, _A_TABLE + 1, _A_TABLE + 2, _A_TABLE + 3) + _prog(
     (_MUL, _TE, _TE, _TC),
     (_MUL, _X, _TE, _TA),  # x = u v^3 (u v^7)^((p-5)/8)
     (_SQR, _TE, _X, 1),
@@ -189,7 +188,7 @@ _DECODE = _prog(
     (_ADD, _TG, _TE, _TA),
     (_FREEZE, _TG, _TG, 0),
 )
-_TIMES_SQRT_M1 = _prog((_MUL, _X, _X, _SQRT_M1, ), (_FREEZE, _X, _X, 0))
+_TIMES_SQRT_M1 = _prog((_MUL, _X, _X, _SQRT_M1), (_FREEZE, _X, _X, 0))
 _FREEZE_X = _prog((_FREEZE, _X, _X, 0))
 _NEGATE_X = _prog((_SUB, _X, _ZERO, _X))
 _FINISH_POINT = _prog((_MUL, _T, _X, _Y), (_COPY, _Z, _ONE, 0))
@@ -347,6 +346,7 @@ def _setup():
 
 
 _setup()
+del _setup, _double_program, _add_program, _to_cached
 
 
 # RFC 8032 §5.1.5: the secret scalar s (clamped first half of SHA-512(seed)) into _secret;
