@@ -70,7 +70,20 @@ def ed25519_sign(seed, public, message):
     return ed25519.Ed25519PrivateKey.from_private_bytes(bytes(seed)).sign(bytes(message))
 
 
+_P = 2**255 - 19
+
+
+# RFC 8032 §5.1.3 decoding of A, which OpenSSL relaxes: y must be < p (step 1), and x = 0 (that
+# is y = 1 or y = p - 1) with the sign bit set fails (step 4). R needs no check here: OpenSSL
+# compares R's bytes with a canonical encoding, which such bytes never equal.
+def _canonical_point(b):
+    y = int.from_bytes(b, "little") & ((1 << 255) - 1)
+    return y < _P and not (b[31] & 0x80 and y in (1, _P - 1))
+
+
 def ed25519_verify(public, message, signature):
+    if not _canonical_point(public):
+        return False
     try:
         key = ed25519.Ed25519PublicKey.from_public_bytes(bytes(public))
         key.verify(bytes(signature), bytes(message))

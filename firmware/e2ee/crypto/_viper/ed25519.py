@@ -346,7 +346,7 @@ def _setup():
 
 
 _setup()
-del _setup, _double_program, _add_program, _to_cached
+del _setup, _double_program, _add_program, _to_cached, _TO_AFFINE_NIELS
 
 
 # RFC 8032 §5.1.5: the secret scalar s (clamped first half of SHA-512(seed)) into _secret;
@@ -360,8 +360,10 @@ def _expand(seed):
     return h[32:]
 
 
-def _wipe(buf):
-    for i in range(len(buf)):
+# Zeroes the first n bytes of buf (secret scalars and their digits).
+@micropython.viper
+def _wipe(buf: ptr8, n: int):
+    for i in range(n):
         buf[i] = 0
 
 
@@ -369,9 +371,9 @@ def _wipe(buf):
 def public_key(seed):
     _expand(seed)
     _recode16(_digits_s, _secret)
-    _wipe(_secret)
+    _wipe(_secret, 32)
     _mul_base(_ws, _digits_s)
-    _wipe(_digits_s)
+    _wipe(_digits_s, 64)
     return bytes(_encode())
 
 
@@ -379,11 +381,11 @@ def public_key(seed):
 def sign(seed, public, msg):
     prefix = _expand(seed)
     a = _scalar.from_bytes(_secret)
-    _wipe(_secret)
+    _wipe(_secret, 32)
     r = _scalar.reduce64(_sha512(prefix + bytes(msg)))  # step 2
     _recode16(_digits_s, _scalar.to_bytes32(r))
     _mul_base(_ws, _digits_s)  # step 3: R = [r]B
-    _wipe(_digits_s)
+    _wipe(_digits_s, 64)
     R = bytes(_encode())
     k = _scalar.reduce64(_sha512(R + bytes(public) + bytes(msg)))  # step 4
     return R + _scalar.to_bytes32(_scalar.muladd(k, a, r))  # step 5: S = (r + k*s) mod L

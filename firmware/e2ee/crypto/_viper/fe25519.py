@@ -3,10 +3,11 @@
 #
 # Representation: an element is 20 limbs of 13 bits (260 bits) in 20 consecutive words of
 # an array('I') "workspace"; value = sum(limb[i] << 13*i), not necessarily reduced mod p.
-# Invariant between operations: every limb < 2^13 + 64. Then every product is < 2^26.01
-# and every column sum of 20 products is < 1.37e9 < 2^31, so no intermediate ever needs
-# more than 31 bits unsigned: the viper code gives the same results with 32-bit and
-# 64-bit machine words. Reduction uses 2^260 = 32 * 2^255 = 32 * 19 = 608 (mod p).
+# Invariant between operations: every limb <= 2^13 + 2 (the bounds below allow 2^13 + 64).
+# Then every product is < 2^26.01 and every column sum of 20 products is < 1.37e9 < 2^31,
+# so no intermediate ever needs more than 31 bits unsigned: the viper code gives the same
+# results with 32-bit and 64-bit machine words. Reduction uses 2^260 = 32 * 2^255 =
+# 32 * 19 = 608 (mod p).
 #
 # Field operations run inside one viper function, execute(), as a small program: a bytes
 # object of 4-byte instructions (opcode, destination slot, source slot, source slot or
@@ -247,10 +248,15 @@ def execute(acc: int, row: ptr32, ws: ptr32, program, base: int):
                 r[i] = a[i]
         elif op == CSWAP:
             acc = 0 - (row[0] & 1)  # the mask: all ones or 0
-            for i in range(20):
-                x = (r[i] ^ a[i]) & acc
-                r[i] = r[i] ^ x
-                a[i] = a[i] ^ x
+            # `row` walks r; a's limb is at the same offset from a as row's from r
+            end = uint(r) + 80  # unsigned compares: addresses may have bit 31 set
+            i = int(a) - int(r)
+            row = r
+            while uint(row) < end:
+                j = (row[0] ^ ptr32(int(row) + i)[0]) & acc
+                row[0] = row[0] ^ j
+                ptr32(int(row) + i)[0] = ptr32(int(row) + i)[0] ^ j
+                row = ptr32(int(row) + 4)
         elif op == FREEZE:
             # carry to 13-bit limbs, fold bits >= 255 (2^255 = 19) twice: value < 2^255
             acc = a[0]
@@ -376,8 +382,11 @@ def select(ws: ptr32, d: int, table: int, count: int, width: int, index: int):
         x = j ^ index
         mask = (((x | (0 - x)) >> 31) & 1) - 1  # all ones when j == index, else 0
         e = ptr32(int(ws) + (table + j * width) * 80)
-        for i in range(words):
-            r[i] = r[i] | (e[i] & mask)
+        end = uint(e) + 4 * words
+        x = int(r) - int(e)
+        while uint(e) < end:  # e walks the entry, r's word at the same offset
+            ptr32(int(e) + x)[0] = ptr32(int(e) + x)[0] | (e[0] & mask)
+            e = ptr32(int(e) + 4)
         j += 1
 
 
