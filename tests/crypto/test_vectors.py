@@ -19,6 +19,8 @@ RFC_FILES = {
     "rfc7748_x25519.txt": "x25519",
     "rfc8032_ed25519.txt": "ed25519_sign",
     "rfc8439_chacha20poly1305.txt": "aead",
+    "rfc8439_chacha20.txt": "chacha20",
+    "rfc8439_poly1305.txt": "poly1305",
     "rfc5869_hkdf_sha256.txt": "hkdf",
     "rfc4231_hmac_sha256.txt": "hmac",
     "fips180_sha512.txt": "sha512",

@@ -82,6 +82,20 @@ def aead(c, rec):
     return None
 
 
+# RFC 8439 §2.4.2 / §A.2: the ChaCha20 stream cipher building block.
+def chacha20(c, rec):
+    out = bytearray(len(rec["msg"]))
+    c.hazmat("chacha20_xor")(rec["key"], rec["nonce"], as_int(rec["counter"]), rec["msg"], out)
+    return None if bytes(out) == rec["ct"] else "ciphertext differs"
+
+
+# RFC 8439 §2.5.2 / §A.3: the Poly1305 one-time authenticator building block.
+def poly1305(c, rec):
+    out = bytearray(16)
+    c.hazmat("poly1305_into")(rec["key"], rec["msg"], out)
+    return None if bytes(out) == rec["tag"] else "tag differs"
+
+
 # RFC 5869 / Wycheproof HkdfTest: lengths over 255*HashLen must raise InvalidLength.
 def hkdf(c, rec):
     length = as_int(rec["length"])
@@ -134,6 +148,8 @@ KINDS = {
     "ed25519_sign": ed25519_sign,
     "ed25519_verify": ed25519_verify,
     "aead": aead,
+    "chacha20": chacha20,
+    "poly1305": poly1305,
     "hkdf": hkdf,
     "hmac": hmac,
     "sha512": sha512,

@@ -47,6 +47,9 @@ _PRIMITIVES = {
     "ed25519_verify": ("ed25519", "verify"),
     "hmac_sha256": (None, "hmac_sha256"),
     "hkdf_sha256": (None, "hkdf_sha256"),
+    # hazmat building blocks, reached only through Suite.hazmat()
+    "chacha20_xor": ("chacha20poly1305", "chacha20_xor"),
+    "poly1305_into": ("chacha20poly1305", "poly1305_into"),
 }
 _PACKAGES = {"viper": "e2ee.crypto._viper", "pure": "e2ee.crypto._pure"}
 _MODULES = {"c": "_e2ee_crypto", "host": "e2ee.crypto._host"}
@@ -124,6 +127,11 @@ class Suite:
 
     def __repr__(self):
         return "<crypto.Suite %s>" % "/".join(self.chain)
+
+    # A low-level building block of the resolved backend ("chacha20_xor", "poly1305_into"),
+    # unchecked, for the RFC 8439 §2.4/§2.5 known-answer tests. Protocol code never calls these.
+    def hazmat(self, name):
+        return self._fn(name)
 
     # os.urandom: the OS CSPRNG on hosts, the hardware RNG on ESP32/RP2040 (boards/).
     def random_bytes(self, n):

@@ -6,6 +6,8 @@ import hmac
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519 as _x25519
+from cryptography.hazmat.primitives import poly1305
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -90,3 +92,14 @@ def ed25519_verify(public, message, signature):
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+# Building blocks for the RFC 8439 §2.4 and §2.5 known-answer tests (hazmat, as in the
+# MicroPython backends). OpenSSL's ChaCha20 takes le32(counter) || nonce as its 16-byte nonce.
+def chacha20_xor(key, nonce, counter, src, dst):
+    nonce16 = counter.to_bytes(4, "little") + bytes(nonce)
+    dst[:] = Cipher(algorithms.ChaCha20(bytes(key), nonce16), None).encryptor().update(bytes(src))
+
+
+def poly1305_into(key, msg, out):
+    out[0:16] = poly1305.Poly1305.generate_tag(bytes(key), bytes(msg))

@@ -544,12 +544,26 @@ def _aead_tag(ad, ciphertext, ct_len, out, off):
     _poly1305_finish(poly, out, off)
 
 
+# Clears the key words, keystream, Poly1305 state and one-time key left in module scratch.
+@micropython.viper
+def _wipe(st: ptr32, ks: ptr32, poly: ptr32, otk: ptr8):
+    for i in range(4, 16):
+        st[i] = 0
+    for i in range(16):
+        ks[i] = 0
+    for i in range(28):
+        poly[i] = 0
+    for i in range(32):
+        otk[i] = 0
+
+
 # RFC 8439 §2.8: out = ChaCha20(key, nonce, counter 1) ^ plaintext || tag.
 def seal_into(key, nonce, plaintext, ad, out):
     n = len(plaintext)
     _chacha20_setup(_state, key, nonce)
     _chacha20_xor(_MASK32, _state, 1, plaintext, out, n)
     _aead_tag(ad, out, n, out, n)
+    _wipe(_state, _keystream, _poly, _otk)
 
 
 # RFC 8439 §2.8: verify the tag in constant time, then decrypt into out. On a mismatch
@@ -559,6 +573,23 @@ def open_into(key, nonce, ciphertext, tag, ad, out):
     _chacha20_setup(_state, key, nonce)
     _aead_tag(ad, ciphertext, n, _tag, 0)
     if _tag_diff(_tag, tag) != 0:
+        _wipe(_state, _keystream, _poly, _otk)
         return False
     _chacha20_xor(_MASK32, _state, 1, ciphertext, out, n)
+    _wipe(_state, _keystream, _poly, _otk)
     return True
+
+
+# Building blocks for the RFC 8439 §2.4 and §2.5 known-answer tests (hazmat: not for protocol
+# code). dst = src ^ ChaCha20(key, nonce) from block `counter`; out[0:16] = Poly1305(key, msg).
+def chacha20_xor(key, nonce, counter, src, dst):
+    _chacha20_setup(_state, key, nonce)
+    _chacha20_xor(_MASK32, _state, counter, src, dst, len(src))
+    _wipe(_state, _keystream, _poly, _otk)
+
+
+def poly1305_into(key, msg, out):
+    _poly1305_init(_poly, key)
+    _poly1305_blocks(_poly, msg, len(msg), 1)
+    _poly1305_finish(_poly, out, 0)
+    _wipe(_state, _keystream, _poly, _otk)

@@ -374,7 +374,9 @@ def public_key(seed):
     _wipe(_secret, 32)
     _mul_base(_ws, _digits_s)
     _wipe(_digits_s, 64)
-    return bytes(_encode())
+    out = bytes(_encode())
+    fe.wipe(_ws, _X, _B_TABLE - _X)  # the working registers; constants and tables stay
+    return out
 
 
 # RFC 8032 §5.1.6: signature R || S of msg under seed, whose public key is `public`.
@@ -387,6 +389,7 @@ def sign(seed, public, msg):
     _mul_base(_ws, _digits_s)  # step 3: R = [r]B
     _wipe(_digits_s, 64)
     R = bytes(_encode())
+    fe.wipe(_ws, _X, _B_TABLE - _X)  # registers held [r]B: a leaked nonce reveals the key
     k = _scalar.reduce64(_sha512(R + bytes(public) + bytes(msg)))  # step 4
     return R + _scalar.to_bytes32(_scalar.muladd(k, a, r))  # step 5: S = (r + k*s) mod L
 

@@ -42,6 +42,17 @@ def workspace(slots):
     return array.array("I", bytes(4 * LIMBS * slots))
 
 
+# Zeroes slots first .. first+count-1, so no secret-derived value outlives the call using them.
+@micropython.viper
+def wipe(ws, first: int, count: int):
+    w = ptr32(ws)
+    i = first * LIMBS
+    end = (first + count) * LIMBS
+    while i < end:
+        w[i] = 0
+        i += 1
+
+
 # Assembles instructions (4-tuples) into a program for execute().
 def program(*instructions):
     out = bytearray()

@@ -102,7 +102,11 @@ def x25519(k, u):
     fe.set_small(ws, _SWAP, swap)
     _execute(0, ws, ws, _FINISH, 0)
     fe.pack(_out, ws, _X2)
-    return bytes(_out)
+    fe.wipe(ws, 0, _SLOTS)
+    out = bytes(_out)
+    for i in range(32):
+        _out[i] = 0
+    return out
 
 
 # RFC 7748 §6.1: X25519(k, 9), the public key for private key k.
