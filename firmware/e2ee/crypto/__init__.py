@@ -88,9 +88,14 @@ def _chain():
     return ("host", "pure")
 
 
+# True when `backend` loads on this runtime (imports one module of it, nothing else).
+def _loads(backend):
+    return _find(backend, "sha512") is not None or _find(backend, "x25519") is not None
+
+
 # The backends that load on this runtime.
 def available():
-    return [b for b in _chain() if _find(b, "sha512") or _find(b, "x25519")]
+    return [b for b in _chain() if _loads(b)]
 
 
 # One set of validated primitives bound to a backend chain. Each primitive is resolved on first
@@ -225,8 +230,11 @@ class Suite:
             raise InvalidSignature("Ed25519 signature does not verify")
 
 
+_BUFFER_TYPES = (bytes, bytearray, memoryview)  # built once: a tuple literal allocates per call
+
+
 def _check_len(what, value, size):
-    if not isinstance(value, (bytes, bytearray, memoryview)):
+    if not isinstance(value, _BUFFER_TYPES):
         raise InvalidLength("%s must be bytes" % what)
     if len(value) != size:
         raise InvalidLength("%s must be %d bytes, got %d" % (what, size, len(value)))
@@ -241,7 +249,7 @@ def _check_aead(key, nonce):
 def load(name):
     if name not in _PACKAGES and name not in _MODULES:
         raise BackendUnavailable("unknown crypto backend %r" % name)
-    if name not in available():
+    if not _loads(name):
         raise BackendUnavailable("crypto backend %r is not available on this runtime" % name)
     return Suite((name, "pure") if name != "pure" else ("pure",))
 
