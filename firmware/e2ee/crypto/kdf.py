@@ -14,8 +14,10 @@ HKDF_MAX_LENGTH = const(8160)  # 255 * HashLen (RFC 5869 §2.3)
 
 
 # Inner and outer pads (RFC 2104 §2) as 512-bit ints: XOR of a whole block in one C call.
-_IPAD = int.from_bytes(b"\x36" * _BLOCK, "big")
-_OPAD = int.from_bytes(b"\x5c" * _BLOCK, "big")
+_IPAD_BLOCK = b"\x36" * _BLOCK  # the pads of the all-zero key (salt None, RFC 5869 §2.2)
+_OPAD_BLOCK = b"\x5c" * _BLOCK
+_IPAD = int.from_bytes(_IPAD_BLOCK, "big")
+_OPAD = int.from_bytes(_OPAD_BLOCK, "big")
 
 
 # A key as the 512-bit int of its zero-padded block; longer keys are hashed first (RFC 2104 §2).
@@ -27,11 +29,11 @@ def _key_block(key):
 
 # RFC 2104 §2: H(K ^ opad, H(K ^ ipad, text)) with text = a || b.
 def _mac(k, a, b=None):
-    inner = hashlib.sha256((k ^ _IPAD).to_bytes(_BLOCK, "big"))
+    inner = hashlib.sha256((k ^ _IPAD).to_bytes(_BLOCK, "big") if k else _IPAD_BLOCK)
     inner.update(a)
     if b is not None:
         inner.update(b)
-    outer = hashlib.sha256((k ^ _OPAD).to_bytes(_BLOCK, "big"))
+    outer = hashlib.sha256((k ^ _OPAD).to_bytes(_BLOCK, "big") if k else _OPAD_BLOCK)
     outer.update(inner.digest())
     return outer.digest()
 
