@@ -412,6 +412,12 @@ class KeyStore:
                 return spk
         raise UnknownSignedPrekey("no signed prekey with id %d" % spk_id)
 
+    # (private, public) of signed prekey spk_id: the responder's first ratchet key pair
+    # (Double Ratchet §3.5). Raises UnknownSignedPrekey.
+    def signed_prekey_pair(self, spk_id):
+        pair = self._spk(spk_id)._pair
+        return bytes(pair._private), pair.public
+
     def has_signed_prekey(self, spk_id):
         for spk in self._spks:
             if spk.key_id == spk_id:

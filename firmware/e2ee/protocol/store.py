@@ -18,7 +18,7 @@ except ImportError:
         return x
 
 FORMAT_VERSION = const(1)  # first byte of every record file
-MAX_RECORD = const(4096)  # plaintext bytes per record: a session with its skipped keys fits
+MAX_RECORD = const(5120)  # plaintext bytes per record: the largest session record (§6) fits
 MAX_NAME = const(32)  # record names are short ids (peer device ids, prekey ids)
 _NONCE = const(12)
 _TAG = const(16)
@@ -69,6 +69,15 @@ def _sync_directory(directory):
             os.close(fd)
 
 
+# mkdir -p: MicroPython's os has no makedirs.
+def _make_directories(path):
+    if path and not _exists(path):
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if parent and parent != path:
+            _make_directories(parent)
+        os.mkdir(path)
+
+
 def _exists(path):
     try:
         os.stat(path)
@@ -86,8 +95,7 @@ class RecordStore:
         self.directory = directory
         self._kind = kind.encode() + b" "
         self._key = bytes(key)
-        if not _exists(directory):
-            os.mkdir(directory)
+        _make_directories(directory)
         for entry in os.listdir(directory):
             if entry.endswith(_TMP):
                 os.remove(self._path(entry))
