@@ -35,9 +35,9 @@ TARGETS = {
 }
 
 
-def micropython(sdk: Path, *args: str, heap: str) -> dict[str, float]:
+def micropython(sdk: Path, *args: str, heap: str, script: str = "bench/device_bench.py") -> dict[str, float]:
     env = e2ee_micropython.device_env(sdk)
-    proc = subprocess.run([e2ee_micropython.binary(), "-X", "heapsize=" + heap, str(ROOT / "bench/device_bench.py"), *args],
+    proc = subprocess.run([e2ee_micropython.binary(), "-X", "heapsize=" + heap, str(ROOT / script), *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     if proc.returncode:
         raise SystemExit("micropython bench failed:\n" + proc.stdout + proc.stderr)
@@ -155,16 +155,19 @@ def main() -> int:
     print(table)
     print("\n".join(notes))
     if not args.no_write:
-        write_doc(table, notes)
-        print("wrote", PERF_DOC.relative_to(ROOT))
+        write_doc("crypto", table, notes)
+    from bench import protocol
+
+    protocol.main(sdk, write=not args.no_write)
     return 0
 
 
-def write_doc(table: str, notes: list[str]) -> None:
+def write_doc(block_name: str, table: str, notes: list[str]) -> None:
+    """Replaces the <!-- bench:<block_name> --> block of docs/performance.md (or appends it)."""
     mp = subprocess.run([e2ee_micropython.binary(), "-c", "import sys; print(sys.implementation._machine, sys.version)"],
                         capture_output=True, text=True).stdout.strip()
     text = PERF_DOC.read_text() if PERF_DOC.exists() else ""
-    start, end = "<!-- bench:crypto:start -->", "<!-- bench:crypto:end -->"
+    start, end = "<!-- bench:%s:start -->" % block_name, "<!-- bench:%s:end -->" % block_name
     block = "\n".join([
         start,
         "Measured %s on %s (%s, %d cores), MicroPython: %s, CPython %s." % (
@@ -182,6 +185,7 @@ def write_doc(table: str, notes: list[str]) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     PERF_DOC.write_text(text)
+    print("wrote the %s block of %s" % (block_name, PERF_DOC.relative_to(ROOT)))
 
 
 if __name__ == "__main__":

@@ -134,13 +134,17 @@ class RecordStore:
     # The plaintext of a record; NotFound if absent, Corrupted if it does not authenticate.
     def get(self, name):
         _check_name(name)
+        path = self._path(name)
         try:
-            with open(self._path(name), "rb") as f:
-                blob = f.read(1 + _NONCE + MAX_RECORD + _TAG + 1)
+            size = os.stat(path)[6]
         except OSError:
             raise NotFound("no record %s" % name)
-        if len(blob) < 1 + _NONCE + _TAG or len(blob) > 1 + _NONCE + MAX_RECORD + _TAG:
-            raise Corrupted("record %s has an impossible size (%d bytes)" % (name, len(blob)))
+        if size < 1 + _NONCE + _TAG or size > 1 + _NONCE + MAX_RECORD + _TAG:
+            raise Corrupted("record %s has an impossible size (%d bytes)" % (name, size))
+        with open(path, "rb") as f:
+            blob = f.read(size)  # exactly the file: no MAX_RECORD-sized buffer per read
+        if len(blob) != size:
+            raise Corrupted("record %s changed while read" % name)
         if blob[0] != FORMAT_VERSION:
             raise Corrupted("record %s has unknown format %d" % (name, blob[0]))
         blob = memoryview(blob)
