@@ -1,52 +1,10 @@
-"""Shared fixtures: run device code under the real MicroPython unix port."""
+"""Shared fixtures: run device code under the real MicroPython unix port (tests/support.py)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-
-from e2ee_host import micropython as e2ee_micropython
-
-ROOT = Path(__file__).resolve().parents[1]
-DEVICE_TESTS = ROOT / "tests" / "device"
-sys.path.insert(0, str(DEVICE_TESTS))
-sys.path.insert(0, str(ROOT / "tests"))
-
-# ESP32 without PSRAM leaves about 120 KB of MicroPython heap: device tests run inside it.
-ESP32_HEAP = "120K"
-
-
-@dataclass
-class MicroPython:
-    """Runs a script or snippet under `micropython -X heapsize=...` with the SDK on its path.
-
-    The SDK is imported as .mpy compiled by mpy-cross for the binary's architecture, as boards
-    run it (E2EE_DEVICE_SOURCE=1 imports firmware/ sources instead, for debugging). A non-zero
-    exit status or a MicroPython traceback fails the calling test with the device's own output.
-    """
-
-    binary: str
-    sdk_dir: Path
-    heapsize: str = ESP32_HEAP
-    timeout: float = 600.0
-
-    def env(self) -> dict[str, str]:
-        return e2ee_micropython.device_env(self.sdk_dir, DEVICE_TESTS)
-
-    def run(self, script: Path | str, *args: str, heapsize: str | None = None) -> str:
-        cmd = [self.binary, "-X", "heapsize=" + (heapsize or self.heapsize)]
-        cmd += [str(script)] if isinstance(script, Path) else ["-c", script]
-        proc = subprocess.run(cmd + list(args), capture_output=True, text=True,
-                              env=self.env(), timeout=self.timeout, cwd=ROOT)
-        output = proc.stdout + proc.stderr
-        if proc.returncode != 0 or "Traceback (most recent call last)" in output:
-            pytest.fail("MicroPython (%s) failed with exit %d:\n%s" % (
-                " ".join(cmd[1:3]), proc.returncode, output), pytrace=False)
-        return proc.stdout
+from support import ROOT, MicroPython, e2ee_micropython
 
 
 @pytest.fixture(scope="session")

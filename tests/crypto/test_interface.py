@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DEVICE_TESTS, ROOT
+from support import DEVICE_TESTS, ROOT
 
 from e2ee import crypto
 

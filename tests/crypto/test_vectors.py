@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import vector_checks
 import wycheproof
-from conftest import DEVICE_TESTS, ROOT
+from support import DEVICE_TESTS, ROOT
 
 from e2ee import crypto
 

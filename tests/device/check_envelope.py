@@ -7,6 +7,9 @@
 #                                         protobuf runtime) and compares the fields
 #   check_envelope.py encode FILE COUNT   writes COUNT random records encoded by this codec to
 #                                         FILE, for the host to parse with protobuf
+# checks first: it is compiled from source at import, and compiling it after the SDK modules
+# are loaded fragments the 120 KB heap enough that the large buffers below may not fit.
+from checks import raises
 import gc
 import hashlib
 import sys
@@ -93,16 +96,6 @@ def prekey_body(message=None, ik=KEY_A, isk=KEY_B, ek=KEY_C, spk=7, opk=9):
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-def expect(error, fn, *args):
-    try:
-        fn(*args)
-    except error:
-        return
-    except Exception as e:  # the wrong class: name both
-        raise AssertionError("expected %s, got %s: %s" % (error.__name__, type(e).__name__, e))
-    raise AssertionError("expected %s, nothing raised" % error.__name__)
-
 
 # prefix followed by zero bytes up to `total`, in SCRATCH.
 def zero_tail(prefix, total):
@@ -191,9 +184,9 @@ def check_header():
     check(E.header_into(out, 5, KEY_A, 1, 2) == 45, "header_into end")
     check(bytes(out[5:45]) == KEY_A + bytes(3) + b"\x01" + bytes(3) + b"\x02", "header_into")
     check(bytes(E.RatchetMessage(KEY_A, 1, 2, CT).header()) == bytes(out[5:45]), "RatchetMessage.header")
-    expect(E.EncodeError, E.header_bytes, KEY_A[:31], 0, 0)
-    expect(E.EncodeError, E.header_bytes, KEY_A, -1, 0)
-    expect(E.EncodeError, E.header_bytes, KEY_A, 0, 1 << 32)
+    raises(E.EncodeError, E.header_bytes, KEY_A[:31], 0, 0)
+    raises(E.EncodeError, E.header_bytes, KEY_A, -1, 0)
+    raises(E.EncodeError, E.header_bytes, KEY_A, 0, 1 << 32)
 
 
 def check_round_trips():
@@ -205,7 +198,7 @@ def check_round_trips():
     out = bytearray(len(wire) + 7)
     check(msg.encode_into(out, 3) == 3 + len(wire), "encode_into end")
     check(bytes(out[3:3 + len(wire)]) == bytes(wire), "encode_into")
-    expect(E.EncodeError, msg.encode_into, bytearray(len(wire) - 1))
+    raises(E.EncodeError, msg.encode_into, bytearray(len(wire) - 1))
     check(bytes(msg.encode_body()) == ratchet_body(), "encode_body")
     zero = E.RatchetMessage(KEY_A, 0, 0, CT)  # zero counters are left out, as protobuf does
     check(bytes(zero.encode()) == env(2, ld(1, KEY_A) + ld(4, CT)), "defaults omitted")
@@ -222,8 +215,8 @@ def check_round_trips():
     check(E.decode(E.Control(1, b"why").encode()) == E.Control(1, b"why"), "control payload")
     check(E.encode(c) == c.encode(), "module encode")
     check(msg != pk and msg != E.RatchetMessage(KEY_A, 1, 3, CT), "__ne__")
-    expect(E.WrongType, E.RatchetMessage.decode, pk.encode())
-    expect(E.WrongType, E.Control.decode, wire)
+    raises(E.WrongType, E.RatchetMessage.decode, pk.encode())
+    raises(E.WrongType, E.Control.decode, wire)
     check(repr(msg) == "RatchetMessage(pn=1, n=2, ciphertext=32 bytes)", "repr shows no bytes")
     # Largest messages: a full ciphertext fits an envelope even inside a PreKeyMessage.
     big = E.RatchetMessage(KEY_A, 0xFFFFFFFF, 0xFFFFFFFF, bytes(E.MAX_CIPHERTEXT))
@@ -252,7 +245,7 @@ def check_encode_errors():
         E.Control(0), E.Control(2), E.Control(1, bytes(E.MAX_CONTROL_PAYLOAD + 1)),
     ]
     for rec in bad:
-        expect(E.EncodeError, rec.encode)
+        raises(E.EncodeError, rec.encode)
     at_limit = E.Control(1, bytes(E.MAX_CONTROL_PAYLOAD))
     check(len(at_limit.encode()) > E.MAX_CONTROL_PAYLOAD, "payload at limit")
 
@@ -365,7 +358,7 @@ def check_malformed():
     n = 0
     for error, wire in malformed_cases():
         try:
-            expect(error, E.decode, wire)
+            raises(error, E.decode, wire)
         except AssertionError as e:
             raise AssertionError("malformed case %d: %s" % (n, e))
         n += 1
@@ -376,6 +369,29 @@ def check_malformed():
 
 # Mutations of valid envelopes decode to a valid record or raise a DecodeError subclass, never
 # anything else; every strict prefix raises, Truncated once the body length has begun.
+# `wire` with 1 to 3 random edits from rng (a Stream): a flipped bit, a replaced byte, inserted
+# random bytes, deleted bytes, an inserted copy of another part, a cut tail. Shared with the host
+# differential test (tests/protocol/test_envelope.py).
+def mutate(rng, wire):
+    m = bytearray(wire)
+    for _ in range(1 + rng.below(3)):
+        op = rng.below(6)
+        at = rng.below(len(m) + 1)
+        if op == 0 and at < len(m):
+            m[at] ^= 1 << rng.below(8)
+        elif op == 1 and at < len(m):
+            m[at] = rng.below(256)
+        elif op == 2:
+            m[at:at] = rng.bytes(1 + rng.below(4))
+        elif op == 3:
+            m[at:at + 1 + rng.below(4)] = b""
+        elif op == 4:
+            m[at:at] = m[rng.below(len(m) + 1):][:1 + rng.below(40)]
+        else:
+            m[at:] = m[at:][:rng.below(8)]
+    return m
+
+
 def check_fuzz(rounds, mutations):
     rng = Stream(b"envelope fuzz")
     decoded = rejected = 0
@@ -384,24 +400,9 @@ def check_fuzz(rounds, mutations):
         wire = bytes(rec.encode())
         check(E.decode(wire) == rec, "random round trip")
         for cut in range(len(wire)):
-            expect(E.Truncated if cut >= 5 else E.DecodeError, E.decode, wire[:cut])
+            raises(E.Truncated if cut >= 5 else E.DecodeError, E.decode, wire[:cut])
         for _ in range(mutations):
-            m = bytearray(wire)
-            for _ in range(1 + rng.below(3)):
-                op = rng.below(6)
-                at = rng.below(len(m) + 1)
-                if op == 0 and at < len(m):
-                    m[at] ^= 1 << rng.below(8)
-                elif op == 1 and at < len(m):
-                    m[at] = rng.below(256)
-                elif op == 2:
-                    m[at:at] = rng.bytes(1 + rng.below(4))
-                elif op == 3:
-                    m[at:at + 1 + rng.below(4)] = b""
-                elif op == 4:
-                    m[at:at] = m[rng.below(len(m) + 1):][:1 + rng.below(40)]
-                else:
-                    m[at:] = m[at:][:rng.below(8)]
+            m = mutate(rng, wire)
             try:
                 out = E.decode(m)
             except E.DecodeError:
@@ -419,7 +420,7 @@ def check_vectors(path):
         if v["result"] == "invalid":
             error = getattr(E, v["id"].split("/")[0])
             try:
-                expect(error, E.decode, v["wire"])
+                raises(error, E.decode, v["wire"])
             except AssertionError as e:
                 raise AssertionError("%s: %s" % (v["id"], e))
             invalid += 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import vectorfile
 from google.protobuf import __version__ as protobuf_version
-from conftest import DEVICE_TESTS, ROOT
+from support import DEVICE_TESTS, ROOT
 
 from e2ee.protocol import envelope as device
 from e2ee_host import envelope as host
@@ -219,26 +219,6 @@ def test_host_encode_rejects_like_device(msg):
         host.encode(msg)
 
 
-def mutate(rng: random.Random, wire: bytes) -> bytes:
-    m = bytearray(wire)
-    for _ in range(rng.randint(1, 3)):
-        at = rng.randrange(len(m) + 1)
-        op = rng.randrange(6)
-        if op == 0 and at < len(m):
-            m[at] ^= 1 << rng.randrange(8)
-        elif op == 1 and at < len(m):
-            m[at] = rng.randrange(256)
-        elif op == 2:
-            m[at:at] = rng.randbytes(rng.randint(1, 4))
-        elif op == 3:
-            del m[at:at + rng.randint(1, 4)]
-        elif op == 4:
-            m[at:at] = m[rng.randrange(len(m) + 1):][:rng.randint(1, 40)]
-        else:
-            del m[at + rng.randrange(8):]
-    return bytes(m)
-
-
 def outcome(fn, wire):
     try:
         return fn(wire)
@@ -249,12 +229,14 @@ def outcome(fn, wire):
 def test_host_and_device_agree_on_mutated_input():
     # Same verdict and error class from host and device; whatever the device accepts, the bare
     # protobuf runtime parses to the same fields (the device never reads bytes differently).
-    rng = random.Random(99)
+    import check_envelope as cases
+
+    rng, edits = random.Random(99), cases.Stream(b"host mutations")
     accepted = device_only_rejects = 0
     for _ in range(150):
         wire = pb_wire(random_pb(rng))
         for _ in range(40):
-            m = mutate(rng, wire)
+            m = bytes(cases.mutate(edits, wire))
             dev, hst = outcome(device.decode, m), outcome(host.decode, m)
             if isinstance(dev, type):
                 assert hst is dev, (m.hex(), dev, hst)

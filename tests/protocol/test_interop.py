@@ -12,8 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import DEVICE_TESTS
-from test_session import SESSION_HEAP
+from support import DEVICE_TESTS
 
 from e2ee.protocol import ratchet
 from e2ee.protocol.keys import PrekeyBundle
@@ -33,7 +32,7 @@ class Device:
 
     def _spawn(self) -> None:
         self.proc = subprocess.Popen(
-            [self.micropython.binary, "-X", "heapsize=" + SESSION_HEAP, str(DEVICE_TESTS / "session_peer.py")],
+            [self.micropython.binary, "-X", "heapsize=" + self.micropython.heapsize, str(DEVICE_TESTS / "session_peer.py")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=self.micropython.env())
 
@@ -184,7 +183,7 @@ def test_power_cuts_while_saving_sessions(micropython, tmp_path):
         device.start("host", host.bundle())
         assert host.decrypt("device", device.encrypt("host", b"hello"))[0] == "ok"
         device.close()
-        cmd = [micropython.binary, "-X", "heapsize=" + SESSION_HEAP, str(DEVICE_TESTS / "session_power_cut.py"),
+        cmd = [micropython.binary, "-X", "heapsize=" + micropython.heapsize, str(DEVICE_TESTS / "session_power_cut.py"),
                str(tmp_path / "device"), STORAGE_KEY.hex()]
         received = 0
         for round_ in range(25):

@@ -256,7 +256,7 @@ class Peer:
 
     def __init__(self, micropython, role: str) -> None:
         self.proc = subprocess.Popen(
-            [micropython.binary, "-X", "heapsize=120K", str(PEER)],
+            [micropython.binary, "-X", "heapsize=" + micropython.heapsize, str(PEER)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=micropython.env(), cwd=ROOT)
         assert self.ask("%s %s %s %s" % (role, SK.hex(), AD.hex(), BOB_SPK.hex()))[0] == "ready"

@@ -5,17 +5,11 @@ import os
 import subprocess
 import sys
 
-from conftest import DEVICE_TESTS, ROOT
-
-# The whole stack imported as .mpy files keeps ~106 KB of bytecode in the heap on the unix port
-# (docs/performance.md), which leaves too little of an ESP32's 120 KB for sessions. Boards run it
-# frozen (bytecode in flash, issue 7); until the virtual board can run frozen code, session tests
-# give MicroPython a 256 KB heap.
-SESSION_HEAP = "256K"
+from support import DEVICE_TESTS, ROOT
 
 
-def test_session_micropython(micropython, tmp_path):
-    out = micropython.run(DEVICE_TESTS / "check_session.py", str(tmp_path), heapsize=SESSION_HEAP)
+def test_session_micropython(micropython, tmp_path):  # heap: tests/protocol/conftest.py
+    out = micropython.run(DEVICE_TESTS / "check_session.py", str(tmp_path))
     assert out.strip() == "ok session"
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import DEVICE_TESTS, ROOT
+from support import DEVICE_TESTS, ROOT
 
 from e2ee.protocol.store import NotFound, RecordStore
 
@@ -31,7 +31,7 @@ def test_power_cut_leaves_old_or_new_record(micropython, tmp_path):
     rng = random.Random(7)
     directory = str(tmp_path / "store")
     acked = 0
-    cmd = [micropython.binary, "-X", "heapsize=120K", str(DEVICE_TESTS / "store_power_cut.py"), directory]
+    cmd = [micropython.binary, "-X", "heapsize=" + micropython.heapsize, str(DEVICE_TESTS / "store_power_cut.py"), directory]
     for _ in range(40):
         proc = subprocess.Popen(cmd + [str(acked)], stdout=subprocess.PIPE, text=True, env=micropython.env())
         time.sleep(rng.uniform(0.02, 0.15))

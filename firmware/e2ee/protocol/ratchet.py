@@ -10,6 +10,9 @@ import struct
 from e2ee import crypto
 from e2ee.crypto.errors import InvalidLength, InvalidTag, WeakSharedSecret
 from e2ee.protocol import chain_key, root_key
+# §3 header H = DHs.pub || be32(PN) || be32(N); the envelope codec owns its layout (§4 rebuilds
+# H from the decoded fields). header_bytes stays importable from here for callers and tests.
+from e2ee.protocol.envelope import HEADER_SIZE, header_bytes, header_into  # noqa: F401
 
 try:
     from micropython import const
@@ -29,7 +32,6 @@ MAX_STORED_SKIPPED = const(64)
 # spend). libsignal and vodozemac keep 5 receiving chains.
 MAX_PREVIOUS_CHAINS = const(5)
 KEY_SIZE = const(32)  # X25519 keys, root, chain and message keys (§3)
-HEADER_SIZE = const(40)  # §3: DHs.pub (32) || be32(PN) || be32(N)
 MAX_AD_SIZE = const(255)  # serialized with a one-byte length; §2 AD is 128 bytes
 _MAX_COUNTER = const(0xFFFFFFFF)  # §3: PN and N are uint32
 # Serialized state: format byte 0x31 = session record kind 3, version 1 (the first byte of
@@ -46,22 +48,6 @@ _SKIPPED_ID_SIZE = const(36)  # the (ratchet key, N) part of a skipped record
 MAX_STATE_SIZE = const(113 + 3 * 32 + 255 + 5 * 32 + 64 * 68)
 
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
-
-try:
-    from e2ee.protocol.envelope import header_bytes, header_into
-except ImportError:
-    # §3 header H = dh || be32(pn) || be32(n) written into out at pos; returns the end offset.
-    def header_into(out, pos, dh, pn, n):
-        out[pos : pos + KEY_SIZE] = dh
-        struct.pack_into(">II", out, pos + KEY_SIZE, pn, n)
-        return pos + HEADER_SIZE
-
-    # §3 header H (40 bytes), the bytes the AEAD authenticates after AD.
-    def header_bytes(dh, pn, n):
-        out = bytearray(HEADER_SIZE)
-        header_into(out, 0, dh, pn, n)
-        return out
-
 
 # Base of the errors a Double Ratchet operation raises (a protocol error, not a parse error).
 class RatchetError(ValueError):
