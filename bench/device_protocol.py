@@ -4,16 +4,8 @@
 # then the stored session size and the heap the imported stack holds.
 import gc
 import sys
-import time
 
-try:
-    from time import ticks_diff, ticks_us
-except ImportError:  # CPython
-    def ticks_us():
-        return time.perf_counter_ns() // 1000
-
-    def ticks_diff(a, b):
-        return a - b
+from device_bench import allocated, per_op_us, ticks_diff, ticks_us  # same directory
 
 gc.collect()
 _BASE = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
@@ -89,29 +81,6 @@ def ops(root):
     ), bob
 
 
-def best_us(fn, rounds=20):
-    best = None
-    for _ in range(5):
-        gc.collect()
-        t = ticks_us()
-        for _ in range(rounds):
-            fn()
-        us = ticks_diff(ticks_us(), t) / rounds
-        best = us if best is None or us < best else best
-    return best
-
-
-def allocated(fn):
-    fn()
-    gc.collect()
-    gc.disable()
-    before = gc.mem_alloc()
-    fn()
-    used = gc.mem_alloc() - before
-    gc.enable()
-    return used
-
-
 def main(mode, root):
     gc.collect()
     code = (gc.mem_alloc() - _BASE) if hasattr(gc, "mem_alloc") else 0
@@ -133,7 +102,7 @@ def main(mode, root):
         gc.enable()
         print("first_message_decrypt_as_responder", 0)
     for name, fn in steady:
-        print(name, best_us(fn) if mode == "time" else allocated(fn))
+        print(name, per_op_us(fn, 20) if mode == "time" else allocated(fn))
     print("stored_session_bytes", len(bob.session_bytes("alice")))
     print("imported_stack_heap_bytes", code)
 
