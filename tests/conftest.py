@@ -11,6 +11,8 @@ from support import ROOT, MicroPython, e2ee_micropython
 def micropython(tmp_path_factory) -> MicroPython:
     try:
         binary = e2ee_micropython.binary()
+        if os.environ.get("E2EE_DEVICE_FROZEN"):
+            return MicroPython(binary, None)
         if os.environ.get("E2EE_DEVICE_SOURCE"):
             return MicroPython(binary, ROOT / "firmware")
         sdk = tmp_path_factory.mktemp("sdk-mpy")

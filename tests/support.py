@@ -25,12 +25,14 @@ class MicroPython:
     """Runs a script or snippet under `micropython -X heapsize=...` with the SDK on its path.
 
     The SDK is imported as .mpy compiled by mpy-cross for the binary's architecture, as boards
-    run it (E2EE_DEVICE_SOURCE=1 imports firmware/ sources instead, for debugging). A non-zero
-    exit status or a MicroPython traceback fails the calling test with the device's own output.
+    run it (E2EE_DEVICE_SOURCE=1 imports firmware/ sources instead, for debugging;
+    E2EE_DEVICE_FROZEN=1 the SDK frozen into an E2EE_MICROPYTHON binary, see docs/performance.md).
+    A non-zero exit status or a MicroPython traceback fails the calling test with the device's
+    own output.
     """
 
     binary: str
-    sdk_dir: Path
+    sdk_dir: Path | None
     heapsize: str = ESP32_HEAP
     timeout: float = 600.0
 

@@ -57,8 +57,8 @@ def compile_sdk(out_dir: Path, arch: str, source: Path = FIRMWARE) -> list[Path]
     return written
 
 
-def device_env(sdk_dir: Path, *extra: Path) -> dict[str, str]:
+def device_env(sdk_dir: Path | None, *extra: Path) -> dict[str, str]:
     """Environment for a micropython process that imports the SDK from sdk_dir (compiled .mpy or
-    firmware/ sources), then the extra directories."""
-    paths = [str(sdk_dir), *map(str, extra), ".frozen"]
+    firmware/ sources), then the extra directories. sdk_dir None: the SDK frozen into the binary."""
+    paths = ([str(sdk_dir)] if sdk_dir else [".frozen"]) + [str(p) for p in extra] + [".frozen"]
     return dict(os.environ, MICROPYPATH=os.pathsep.join(paths))
