@@ -1,0 +1,192 @@
+"""Dependencies of the routes, as Annotated aliases: settings, DB session, operator and device
+authentication, the bundle-fetch rate limit."""
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from e2ee import crypto
+from e2ee.crypto.errors import CryptoError
+from e2ee_provisioning.core.config import Settings
+from e2ee_provisioning.core.metrics import Metrics
+from e2ee_provisioning.core.ratelimit import TokenBuckets
+from e2ee_provisioning.core.security import operator_key_matches, signed_request_message
+from e2ee_provisioning.models import Device, Revocation
+
+__all__ = [
+    "AuthenticatedDevice", "BundleRateLimit", "DeviceAuth", "MetricsDep", "OperatorAuth",
+    "Requester", "RequesterAuth", "SessionDep", "SettingsDep", "device_is_revoked",
+]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessionmaker() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _refuse(metrics: Metrics, code: int, detail: str) -> HTTPException:
+    metrics.inc("e2ee_auth_failures_total")
+    headers = {"WWW-Authenticate": "ApiKey"} if code == status.HTTP_401_UNAUTHORIZED else None
+    return HTTPException(code, detail, headers=headers)
+
+
+# --- operators ------------------------------------------------------------------------------
+
+def _check_operator(key: str | None, settings: Settings, metrics: Metrics) -> None:
+    # 401: no credentials at all; 403: credentials given but not an operator's
+    if not key:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "operator API key required (X-API-Key)")
+    if not operator_key_matches(key, settings.operator_key_hashes()):
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "invalid operator API key")
+
+
+def require_operator(settings: SettingsDep, metrics: MetricsDep,
+                     x_api_key: Annotated[str | None, Header()] = None) -> None:
+    _check_operator(x_api_key, settings, metrics)
+
+
+OperatorAuth = Depends(require_operator)
+
+
+# --- devices --------------------------------------------------------------------------------
+
+async def raw_body(request: Request, settings: SettingsDep) -> bytes:
+    body = await request.body()
+    if len(body) > settings.max_upload_bytes:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                            "body of %d bytes exceeds %d" % (len(body), settings.max_upload_bytes))
+    return body
+
+
+@dataclass(frozen=True)
+class SignedHeaders:
+    device_id: str
+    timestamp: int
+    signature: bytes
+
+
+def _signed_headers(device: str | None, timestamp: str | None, signature: str | None,
+                    metrics: Metrics) -> SignedHeaders | None:
+    if device is None and timestamp is None and signature is None:
+        return None
+    if not device or not timestamp or not signature:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED,
+                      "signed request needs X-E2EE-Device, X-E2EE-Timestamp and X-E2EE-Signature")
+    try:
+        ts = int(timestamp)
+        sig = base64.b64decode(signature, validate=True)
+    except (ValueError, binascii.Error):
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "malformed X-E2EE-Timestamp or X-E2EE-Signature")
+    return SignedHeaders(device, ts, sig)
+
+
+def device_is_revoked(session: Session, device: Device) -> bool:
+    return session.scalar(select(Revocation.id).where(Revocation.device_pk == device.id)) is not None
+
+
+def _verify_device(request: Request, session: Session, settings: Settings, metrics: Metrics,
+                   signed: SignedHeaders, body: bytes) -> Device:
+    if abs(time.time() - signed.timestamp) > settings.request_max_skew:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED,
+                      "request timestamp is more than %d s from server time" % settings.request_max_skew)
+    device = session.scalar(select(Device).where(Device.device_id == signed.device_id))
+    if device is None:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "unknown device")
+    message = signed_request_message(request.method, request.url.path, signed.timestamp, signed.device_id, body)
+    try:
+        crypto.ed25519_verify(device.is_pub, message, signed.signature)
+    except CryptoError:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "request signature does not verify")
+    if device_is_revoked(session, device):
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "device is revoked")
+    return device
+
+
+@dataclass(frozen=True)
+class AuthenticatedDevice:
+    device: Device
+    timestamp: int  # the signed timestamp; writes store it as the device's newest (no replay)
+
+
+def require_device(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep,
+                   body: Annotated[bytes, Depends(raw_body)],
+                   x_e2ee_device: Annotated[str | None, Header()] = None,
+                   x_e2ee_timestamp: Annotated[str | None, Header()] = None,
+                   x_e2ee_signature: Annotated[str | None, Header()] = None) -> AuthenticatedDevice:
+    signed = _signed_headers(x_e2ee_device, x_e2ee_timestamp, x_e2ee_signature, metrics)
+    if signed is None:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "device signature required (X-E2EE-Signature)")
+    return AuthenticatedDevice(_verify_device(request, session, settings, metrics, signed, body), signed.timestamp)
+
+
+DeviceAuth = Annotated[AuthenticatedDevice, Depends(require_device)]
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who made a read request: an operator (device None) or a registered device."""
+    device: Device | None
+
+    @property
+    def rate_key(self) -> str:
+        return "operator" if self.device is None else "device:%d" % self.device.id
+
+
+def require_requester(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep,
+                      body: Annotated[bytes, Depends(raw_body)],
+                      x_api_key: Annotated[str | None, Header()] = None,
+                      x_e2ee_device: Annotated[str | None, Header()] = None,
+                      x_e2ee_timestamp: Annotated[str | None, Header()] = None,
+                      x_e2ee_signature: Annotated[str | None, Header()] = None) -> Requester:
+    """An operator key or a device signature, whichever the request carries."""
+    if x_api_key is not None:
+        _check_operator(x_api_key, settings, metrics)
+        return Requester(None)
+    signed = _signed_headers(x_e2ee_device, x_e2ee_timestamp, x_e2ee_signature, metrics)
+    if signed is None:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "operator API key or device signature required")
+    return Requester(_verify_device(request, session, settings, metrics, signed, body))
+
+
+RequesterAuth = Annotated[Requester, Depends(require_requester)]
+
+
+# --- rate limits ----------------------------------------------------------------------------
+
+def limit_bundle_fetches(request: Request, requester: RequesterAuth, metrics: MetricsDep) -> Requester:
+    """One token per bundle fetch from the requester's bucket (per device, or per client address
+    for operator keys); 429 with Retry-After when it is empty."""
+    buckets: TokenBuckets = request.app.state.bundle_buckets
+    key = requester.rate_key
+    if requester.device is None:
+        key += ":" + (request.client.host if request.client else "?")
+    if not buckets.allow(key):
+        metrics.inc("e2ee_bundle_fetches_rate_limited_total")
+        retry = max(1, int(1 / buckets.per_second))
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "bundle fetch rate limit",
+                            headers={"Retry-After": str(retry)})
+    return requester
+
+
+BundleRateLimit = Annotated[Requester, Depends(limit_bundle_fetches)]

@@ -1,0 +1,74 @@
+"""Service settings (pydantic-settings), read from E2EE_PROV_* environment variables or a .env file.
+
+Outside development the service refuses to start with the default operator key, so a deployment
+cannot run with the key printed in this file.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_OPERATOR_KEY", "Settings", "hash_api_key"]
+
+# The development operator key; refused when environment is not "development".
+DEFAULT_OPERATOR_KEY = "changethis"
+
+
+def hash_api_key(key: str) -> str:
+    """SHA-256 hex of an operator API key: what the service keeps and compares (keys are random
+    high-entropy tokens, so a fast hash is enough; no salt or KDF needed)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="E2EE_PROV_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "staging", "production"] = "development"
+    # Directory of the embedded SQLite database (and later the CA keystore).
+    data_dir: Path = Path("provisioning-data")
+    # SQLAlchemy URL; empty means SQLite at data_dir/provisioning.db. Production:
+    # postgresql+psycopg://user:password@host/dbname
+    database_url: str = ""
+    # Operator API key in clear (hashed at load; never stored), and/or SHA-256 hex hashes of keys
+    # (comma-separated), so the clear key need not sit in the service's environment at all.
+    operator_api_key: SecretStr | None = SecretStr(DEFAULT_OPERATOR_KEY)
+    operator_api_key_hashes: str = ""
+    # Device-signed requests: allowed clock skew of the signed timestamp, in seconds.
+    request_max_skew: int = Field(300, ge=1, le=3600)
+    # One-time prekeys: most one device may have stored, and the level below which the device is
+    # told to replenish (docs/provisioning.md, key directory).
+    max_one_time_prekeys: int = Field(100, ge=1, le=10_000)
+    replenish_threshold: int = Field(10, ge=0)
+    # Bundle fetches: token bucket per client (capacity, refill per second).
+    bundle_rate_capacity: float = Field(30.0, gt=0)
+    bundle_rate_per_second: float = Field(1.0, gt=0)
+    # Largest request body accepted on uploads, bytes (100 prekeys in JSON take about 9 KB).
+    max_upload_bytes: int = Field(32_768, ge=1024)
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        key = self.operator_api_key.get_secret_value() if self.operator_api_key else None
+        if self.environment != "development" and key == DEFAULT_OPERATOR_KEY:
+            raise ValueError(
+                "E2EE_PROV_OPERATOR_API_KEY is the default development key; set a random key "
+                "(or E2EE_PROV_OPERATOR_API_KEY_HASHES) for %s" % self.environment)
+        if not self.operator_key_hashes():
+            raise ValueError("no operator API key configured")
+        return self
+
+    def operator_key_hashes(self) -> frozenset[str]:
+        """SHA-256 hex of every accepted operator key."""
+        hashes = {h.strip().lower() for h in self.operator_api_key_hashes.split(",") if h.strip()}
+        if self.operator_api_key is not None and self.operator_api_key.get_secret_value():
+            hashes.add(hash_api_key(self.operator_api_key.get_secret_value()))
+        return frozenset(hashes)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return "sqlite:///%s" % (self.data_dir / "provisioning.db")

@@ -1,0 +1,63 @@
+"""Database engine and sessions (SQLAlchemy 2), and Alembic migrations applied at startup.
+
+SQLite (the embedded default) runs in WAL mode with foreign keys on, and every transaction
+starts with BEGIN IMMEDIATE: writers queue on the database lock at BEGIN instead of failing at
+their first write, which is what makes the one-time prekey hand-out atomic there.
+PostgreSQL is the production database (psycopg 3).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["ALEMBIC_DIR", "make_engine", "make_sessionmaker", "run_migrations"]
+
+ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+# How long a SQLite writer waits for the database lock before "database is locked", ms.
+_SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; creates the SQLite file's directory when needed."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own BEGIN handling off: SQLAlchemy's "begin" event below emits it
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=%d" % _SQLITE_BUSY_TIMEOUT_MS)
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def run_migrations(engine: Engine) -> None:
+    """Upgrades the database to the newest Alembic revision (provisioning/alembic/)."""
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

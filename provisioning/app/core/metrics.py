@@ -1,0 +1,36 @@
+"""Content-free counters for /metrics: totals only, no label ever carries a device id, key,
+fingerprint or token."""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+__all__ = ["COUNTERS", "Metrics"]
+
+# name -> help text; every counter the service increments is listed here (and nothing else).
+COUNTERS = {
+    "e2ee_bundle_fetches_total": "Prekey bundles handed out",
+    "e2ee_bundle_fetches_without_one_time_prekey_total": "Bundles handed out with the signed prekey only",
+    "e2ee_bundle_fetches_rate_limited_total": "Bundle fetches refused by the rate limit",
+    "e2ee_prekey_uploads_total": "Accepted prekey uploads",
+    "e2ee_prekey_uploads_rejected_total": "Prekey uploads refused (bad signature, malformed, too many)",
+    "e2ee_devices_registered_total": "Devices registered by operators",
+    "e2ee_enrollment_claims_created_total": "Enrollment claim tokens created",
+    "e2ee_auth_failures_total": "Requests refused for missing or wrong credentials",
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def inc(self, name: str, amount: int = 1) -> None:
+        if name not in COUNTERS:
+            raise KeyError(name)
+        with self._lock:
+            self._counts[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {name: self._counts[name] for name in COUNTERS}

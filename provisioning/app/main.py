@@ -1,0 +1,40 @@
+"""The FastAPI application: create_app(settings) wires settings, database (migrated at startup),
+metrics, rate limits and the routers."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from e2ee_provisioning.api.routes import claims, devices, health, keys, metrics
+from e2ee_provisioning.core.config import Settings
+from e2ee_provisioning.core.db import make_engine, make_sessionmaker, run_migrations
+from e2ee_provisioning.core.metrics import Metrics
+from e2ee_provisioning.core.ratelimit import TokenBuckets
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.sqlalchemy_url)
+        run_migrations(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(title="e2ee-iot provisioning", version="0.1.0", lifespan=lifespan,
+                  description="Device registry, enrollment claims and key directory (docs/provisioning.md)")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.bundle_buckets = TokenBuckets(settings.bundle_rate_capacity, settings.bundle_rate_per_second)
+    for module in (health, metrics, claims, devices, keys):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,78 @@
+"""Helpers for the provisioning service tests: a test device with real keys (e2ee.protocol.keys)
+that registers, signs its requests and uploads prekeys, and a dump of every table."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, text
+
+from e2ee.protocol.keys import KeyStore
+from e2ee_provisioning.core.security import signed_request_message
+
+OPERATOR_KEY = "test-operator-key-9f2c1d0e"  # the test settings' operator key (not the default)
+OPERATOR = {"X-API-Key": OPERATOR_KEY}
+TABLES = ("devices", "enrollment_claims", "signed_prekeys", "one_time_prekeys", "revocations")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class TestDevice:
+    """A device: its KeyStore (private keys stay here) and the requests it signs with IS."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, device_id: str, one_time: int = 0, fleet: str = "plant-north") -> None:
+        self.device_id = device_id
+        self.fleet = fleet
+        self.store = KeyStore.generate(one_time=one_time)
+        self._last_ts = 0
+
+    def register(self, client: httpx.Client) -> dict[str, Any]:
+        r = client.post("/devices", headers=OPERATOR, json={
+            "device_id": self.device_id, "fleet": self.fleet,
+            "ik_pub": b64(self.store.ik_pub), "is_pub": b64(self.store.is_pub)})
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def next_timestamp(self) -> int:
+        self._last_ts = max(int(time.time()), self._last_ts + 1)
+        return self._last_ts
+
+    def headers(self, method: str, path: str, body: bytes = b"", timestamp: int | None = None,
+                signer: KeyStore | None = None) -> dict[str, str]:
+        ts = self.next_timestamp() if timestamp is None else timestamp
+        sig = (signer or self.store).sign(signed_request_message(method, path, ts, self.device_id, body))
+        return {"X-E2EE-Device": self.device_id, "X-E2EE-Timestamp": str(ts), "X-E2EE-Signature": b64(sig)}
+
+    def signed_prekey(self) -> dict[str, Any]:
+        bundle = self.store.bundle()
+        return {"spk_id": bundle.spk_id, "spk_pub": b64(bundle.spk_pub), "spk_sig": b64(bundle.spk_sig)}
+
+    def one_time_prekeys(self) -> list[dict[str, Any]]:
+        return [{"opk_id": i, "opk_pub": b64(pub)} for i, pub in self.store.one_time_prekey_publics()]
+
+    def upload_body(self, spk: bool = True, opks: list[dict[str, Any]] | None = None) -> bytes:
+        doc: dict[str, Any] = {"one_time_prekeys": self.one_time_prekeys() if opks is None else opks}
+        if spk:
+            doc["signed_prekey"] = self.signed_prekey()
+        return json.dumps(doc).encode()
+
+    def post(self, client: httpx.Client, path: str, body: bytes, **kw: Any) -> httpx.Response:
+        headers = {"Content-Type": "application/json", **self.headers("POST", path, body, **kw)}
+        return client.post(path, content=body, headers=headers)
+
+    def upload(self, client: httpx.Client, spk: bool = True,
+               opks: list[dict[str, Any]] | None = None) -> httpx.Response:
+        return self.post(client, "/keys", self.upload_body(spk, opks))
+
+
+def dump_tables(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every service table, in a stable order (for "no state change" checks)."""
+    with engine.connect() as conn:
+        return {t: sorted(tuple(r) for r in conn.execute(text("SELECT * FROM %s" % t))) for t in TABLES}
