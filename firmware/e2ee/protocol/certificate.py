@@ -16,7 +16,7 @@ from e2ee.crypto import errors as crypto_errors
 # The wire-format readers of the envelope codec (docs/protocol.md §4): private there, imported on
 # purpose so the device SDK keeps one protobuf reader. They raise envelope.DecodeError subclasses,
 # which the functions here turn into Malformed.
-from e2ee.protocol.envelope import DecodeError, _skip, _take, _varint32
+from e2ee.protocol.envelope import DecodeError, _skip, _take, _varint
 
 try:
     from micropython import const
@@ -58,7 +58,6 @@ _REPEATED = const(3)  # length-delimited, any number of times (the caller's sink
 _CERT_FIELDS = b"\x00\x02\x02\x02\x02\x02\x03\x01\x01\x02"
 _SIGNED_FIELDS = b"\x02\x02"  # SignedCertificate and SignedRevocationList
 _CRL_FIELDS = b"\x01\x01\x03\x02"
-_VARINT64_BYTES = const(10)
 
 
 # Base of every error here: the bytes are not a certificate or revocation list this device trusts.
@@ -330,7 +329,7 @@ def _read(buf, name, kinds, sink):
     try:
         while pos < end:
             at = pos
-            key, pos = _varint32(mv, pos, end, name, "tag")
+            key, pos = _varint(mv, pos, end, name, "tag")
             field = key >> 3
             wt = key & 7
             if field == 0:
@@ -348,32 +347,14 @@ def _read(buf, name, kinds, sink):
             if values[field] is not None:
                 raise Malformed("%s field %d: repeated at offset %d" % (name, field, at))
             if kind == _U32:
-                values[field], pos = _varint32(mv, pos, end, name, field)
+                values[field], pos = _varint(mv, pos, end, name, field)
             elif kind == _U64:
-                values[field], pos = _varint64(mv, pos, end, name, field)
+                values[field], pos = _varint(mv, pos, end, name, field, 64)
             else:
                 values[field], pos = _take(mv, pos, end, name, field)
     except DecodeError as e:
         raise Malformed(str(e))
     return values
-
-
-# Reads a varint of at most 64 bits (10 bytes, the last one 0 or 1); returns (value, offset after).
-def _varint64(mv, pos, end, name, field):
-    value = 0
-    shift = 0
-    for i in range(_VARINT64_BYTES):
-        if pos >= end:
-            raise Malformed("%s field %d: varint runs past the end (%d bytes)" % (name, field, end))
-        b = mv[pos]
-        pos += 1
-        if i == _VARINT64_BYTES - 1 and b > 1:
-            raise Malformed("%s field %d: varint exceeds 64 bits" % (name, field))
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-    raise Malformed("%s field %d: varint exceeds 64 bits" % (name, field))  # not reached
 
 
 # A length-delimited field of exactly `size` bytes, copied to bytes.

@@ -40,7 +40,6 @@ MAX_ENVELOPE = const(4400)
 MAX_CONTROL_PAYLOAD = const(256)
 
 _UINT32_MAX = const(0xFFFFFFFF)
-_VARINT32_BYTES = const(5)  # a uint32 (and a length or tag) takes at most 5 varint bytes
 _VARINT64_BYTES = const(10)  # an unknown varint field may hold 64 bits (protobuf's limit)
 
 # Wire types (protobuf encoding spec)
@@ -390,7 +389,7 @@ def _read_fields(buf, name, wiretypes):
     pos = 0
     while pos < end:
         at = pos
-        key, pos = _varint32(mv, pos, end, name, "tag")
+        key, pos = _varint(mv, pos, end, name, "tag")
         field = key >> 3
         wt = key & 7
         if field == 0:
@@ -403,33 +402,34 @@ def _read_fields(buf, name, wiretypes):
         if values[field] is not None:
             raise BadField("%s field %d: repeated at offset %d" % (name, field, at))
         if wt == _VARINT:
-            values[field], pos = _varint32(mv, pos, end, name, field)
+            values[field], pos = _varint(mv, pos, end, name, field)
         else:
             values[field], pos = _take(mv, pos, end, name, field)
     return values
 
 
-# Reads a varint of at most 32 bits (5 bytes) at pos; returns (value, offset after it).
-def _varint32(mv, pos, end, name, what):
+# Reads a varint of at most `bits` bits at pos (32: 5 bytes, the last < 0x10; 64: 10 bytes, the
+# last 0 or 1); returns (value, offset after it). certificate.py reads its uint64 fields with it.
+def _varint(mv, pos, end, name, what, bits=32):
+    last = (bits + 6) // 7 - 1
+    top = (1 << (bits - 7 * last)) - 1
     value = 0
-    shift = 0
-    for i in range(_VARINT32_BYTES):
+    for i in range(last + 1):
         if pos >= end:
             raise Truncated("%s field %s: varint runs past the end (%d bytes)" % (name, what, end))
         b = mv[pos]
         pos += 1
-        if i == _VARINT32_BYTES - 1 and b > 0x0F:
-            raise VarintOverflow("%s field %s: varint exceeds 32 bits" % (name, what))
-        value |= (b & 0x7F) << shift
+        if i == last and b > top:
+            raise VarintOverflow("%s field %s: varint exceeds %d bits" % (name, what, bits))
+        value |= (b & 0x7F) << (7 * i)
         if b < 0x80:
             return value, pos
-        shift += 7
-    raise VarintOverflow("%s field %s: varint longer than 5 bytes" % (name, what))  # not reached
+    raise VarintOverflow("%s field %s: varint exceeds %d bits" % (name, what, bits))  # not reached
 
 
 # Reads a length-delimited value at pos; returns (memoryview of it, offset after it).
 def _take(mv, pos, end, name, field):
-    size, pos = _varint32(mv, pos, end, name, field)
+    size, pos = _varint(mv, pos, end, name, field)
     if size > end - pos:
         raise Truncated("%s field %s: length %d at offset %d, %d bytes left" % (
             name, field, size, pos, end - pos))
