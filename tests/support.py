@@ -1,7 +1,6 @@
 """Test support shared by every test module: paths and the MicroPython runner."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -49,3 +48,13 @@ class MicroPython:
             pytest.fail("MicroPython (%s) failed with exit %d:\n%s" % (
                 " ".join(cmd[1:3]), proc.returncode, output), pytrace=False)
         return proc.stdout
+
+
+def regenerate_protobuf(proto: Path, out_dir: Path) -> Path:
+    """Runs protoc (grpcio-tools, pinned in the dev extra) on proto into out_dir; returns the
+    directory holding the fresh e2ee/v1 files, to compare with the checked-in generated code."""
+    proc = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "proto"),
+                           "--python_out=%s" % out_dir, "--pyi_out=%s" % out_dir, str(proto)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return out_dir / "e2ee" / "v1"

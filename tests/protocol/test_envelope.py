@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import vectorfile
 from google.protobuf import __version__ as protobuf_version
-from support import DEVICE_TESTS, ROOT
+from support import DEVICE_TESTS, ROOT, regenerate_protobuf
 
 from e2ee.protocol import envelope as device
 from e2ee_host import envelope as host
@@ -53,12 +53,9 @@ def test_device_checks_cpython():
 def test_generated_code_is_current(tmp_path):
     # The checked-in envelope_pb2.py/.pyi must be exactly what protoc makes of the .proto now.
     # grpcio-tools is in the dev extra; without it protoc does not run and this test fails.
-    proc = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "proto"),
-                           "--python_out=%s" % tmp_path, "--pyi_out=%s" % tmp_path, str(PROTO)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    fresh_dir = regenerate_protobuf(PROTO, tmp_path)
     for name in ("envelope_pb2.py", "envelope_pb2.pyi"):
-        fresh = (tmp_path / "e2ee" / "v1" / name).read_bytes()
+        fresh = (fresh_dir / name).read_bytes()
         assert (GENERATED / "e2ee" / "v1" / name).read_bytes() == fresh, (
             "%s is stale: regenerate it (command in host/e2ee_host/envelope.py)" % name)
 

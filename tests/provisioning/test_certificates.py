@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import vectorfile
-from support import DEVICE_TESTS, ROOT
+from support import DEVICE_TESTS, ROOT, regenerate_protobuf
 
 from e2ee.protocol import certificate as device
 from e2ee_host import fleet_ca
@@ -233,12 +233,9 @@ def test_device_verifies_cpython(tmp_path):
 
 def test_generated_code_is_current(tmp_path):
     # certificate_pb2.py/.pyi must be exactly protoc's output for the .proto (pinned grpcio-tools).
-    proc = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "proto"),
-                           "--python_out=%s" % tmp_path, "--pyi_out=%s" % tmp_path, str(PROTO)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    fresh_dir = regenerate_protobuf(PROTO, tmp_path)
     for name in ("certificate_pb2.py", "certificate_pb2.pyi"):
-        fresh = (tmp_path / "e2ee" / "v1" / name).read_bytes()
+        fresh = (fresh_dir / name).read_bytes()
         assert (GENERATED / "e2ee" / "v1" / name).read_bytes() == fresh, (
             "%s is stale: regenerate it (command in host/e2ee_host/fleet_ca.py)" % name)
 
