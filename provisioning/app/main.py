@@ -7,7 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from e2ee_provisioning.api.routes import claims, devices, health, keys, metrics
+from e2ee_host.fleet_ca import FileCAKeystore
+from e2ee_provisioning.api.routes import ca, claims, devices, enrollment, health, keys, me, metrics, revocations
+from e2ee_provisioning.core.authority import ensure_revocation_list
+from e2ee_provisioning.core.broker import BrokerAdmin
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.db import make_engine, make_sessionmaker, run_migrations
 from e2ee_provisioning.core.metrics import Metrics
@@ -16,7 +19,9 @@ from e2ee_provisioning.core.ratelimit import TokenBuckets
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = None) -> FastAPI:
+    """The service; `broker` (e.g. e2ee_host.broker's dynamic-security admin) receives enrolled
+    and revoked devices, None runs without a broker."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -25,6 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         run_migrations(engine)
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        with app.state.sessionmaker() as session:
+            ensure_revocation_list(session, app.state.ca)
         try:
             yield
         finally:
@@ -35,6 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.bundle_buckets = TokenBuckets(settings.bundle_rate_capacity, settings.bundle_rate_per_second)
-    for module in (health, metrics, claims, devices, keys):
+    app.state.enroll_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
+    app.state.ca = FileCAKeystore(settings.ca_path)
+    app.state.broker = broker
+    for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations):
         app.include_router(module.router)
     return app

@@ -8,15 +8,20 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "Base", "Device", "EnrollmentClaim", "OneTimePrekey", "Revocation", "SignedPrekey",
-    "B64Bytes", "ClaimCreate", "ClaimPublic", "ClaimsCreated", "DeviceCreate", "DevicePublic",
+    "Base", "Certificate", "Device", "EnrollmentChallenge", "EnrollmentClaim", "OneTimePrekey", "Revocation",
+    "RevocationListRecord", "SignedPrekey",
+    "B64Bytes", "ChallengePublic", "ClaimCreate", "ClaimPublic", "ClaimsCreated", "CertificateStatus",
+    "DevicePublic", "EnrollmentRequest", "EnrollmentResult", "MqttCredentials", "RegistrationLockSet",
+    "RevocationListPublic", "RevokeRequest", "RevokeResult",
     "BundlePublic", "InventoryPublic", "OneTimePrekeyUpload", "PrekeyUpload", "SignedPrekeyUpload",
 ]
 
@@ -28,6 +33,10 @@ MAX_UPLOAD_BATCH = 100
 MAX_CLAIM_QUOTA = 100_000
 MAX_CLAIMS_PER_REQUEST = 100
 MAX_CLAIM_LIFETIME = 366 * 86_400
+MAX_ROLES = 8  # as in certificates (e2ee.protocol.certificate.MAX_ROLES)
+ROLE_MAX = 32
+MAX_BOARD_UID = 32  # e2ee.protocol.enrollment.MAX_BOARD_UID
+PIN_MIN, PIN_MAX = 4, 64
 
 
 def utcnow() -> datetime:
@@ -63,6 +72,14 @@ class Device(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # newest accepted signed-request timestamp (unix seconds): replayed writes are refused
     last_signed_at: Mapped[int] = mapped_column(BigInteger, default=0)
+    # who the device belongs to inside the fleet (from its claim); "" when the claim named nobody
+    owner: Mapped[str] = mapped_column(String(FLEET_MAX), default="", index=True)
+    roles: Mapped[str] = mapped_column(String(MAX_ROLES * (ROLE_MAX + 1)), default="")  # comma-separated
+    board_uid: Mapped[bytes | None] = mapped_column(LargeBinary(MAX_BOARD_UID), nullable=True)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # registration lock: scrypt hash of the PIN ("" when unlocked) and failed attempts so far
+    lock_hash: Mapped[str] = mapped_column(String(200), default="")
+    lock_failures: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class EnrollmentClaim(Base):
@@ -76,6 +93,43 @@ class EnrollmentClaim(Base):
     used: Mapped[int] = mapped_column(Integer, default=0)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    owner: Mapped[str] = mapped_column(String(FLEET_MAX), default="")
+    roles: Mapped[str] = mapped_column(String(MAX_ROLES * (ROLE_MAX + 1)), default="")  # comma-separated
+    # devices enrolling with this claim must present hardware binding evidence
+    require_hardware: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EnrollmentChallenge(Base):
+    """A fresh server challenge for proof of possession; deleted by the enrollment that uses it."""
+    __tablename__ = "enrollment_challenges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Certificate(Base):
+    """A certificate the Fleet CA issued (public data: the signed bytes and their fields)."""
+    __tablename__ = "certificates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    serial: Mapped[bytes] = mapped_column(LargeBinary(16), unique=True)
+    not_before: Mapped[int] = mapped_column(BigInteger)
+    not_after: Mapped[int] = mapped_column(BigInteger, index=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary(768))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoke_reason: Mapped[str] = mapped_column(String(128), default="")
+
+
+class RevocationListRecord(Base):
+    """Every revocation list the CA signed; the highest version is the current one."""
+    __tablename__ = "revocation_lists"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    issued_at: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary(9400))
 
 
 class SignedPrekey(Base):
@@ -130,28 +184,39 @@ FleetStr = Annotated[str, Field(min_length=1, max_length=FLEET_MAX, pattern=r"^[
 Uint32 = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
 
 
+RoleStr = Annotated[str, Field(min_length=1, max_length=ROLE_MAX, pattern=r"^[A-Za-z0-9._-]+$")]
+OwnerStr = Annotated[str, Field(max_length=FLEET_MAX, pattern=r"^[A-Za-z0-9._-]*$")]
+
+
 class DeviceBase(BaseModel):
     device_id: DeviceIdStr
     fleet: FleetStr
 
 
-class DeviceCreate(DeviceBase):
-    ik_pub: Key32
-    is_pub: Key32
-
-
 class DevicePublic(DeviceBase):
+    owner: str
+    roles: list[str]
     ik_pub: B64Bytes
     is_pub: B64Bytes
     fingerprint: str
+    board_uid: B64Bytes | None
     created_at: datetime
+    enrolled_at: datetime
     revoked: bool = False
+    registration_lock: bool = False
+    # hex serial of the newest certificate issued to the device
+    certificate_serial: str | None = None
+    certificate_not_after: int | None = None
 
 
 class ClaimBase(BaseModel):
     fleet: FleetStr
     label: str = Field("", max_length=128)
     quota: int = Field(1, ge=1, le=MAX_CLAIM_QUOTA, description="enrollments one token allows (1: single-use)")
+    owner: OwnerStr = Field("", description="owner the enrolled devices belong to (device list per owner)")
+    roles: list[RoleStr] = Field(default_factory=list, max_length=MAX_ROLES,
+                                 description="roles/groups written into the devices' certificates")
+    require_hardware: bool = Field(False, description="enrollment must carry hardware binding evidence")
 
 
 class ClaimCreate(ClaimBase):
@@ -202,3 +267,80 @@ class BundlePublic(BaseModel):
     # e2ee.protocol.keys.PrekeyBundle.to_bytes() (docs/protocol.md §1), base64
     bundle: B64Bytes
     one_time_prekey: bool
+
+
+class ChallengePublic(BaseModel):
+    # 32 random bytes the device signs (proof of possession); single use
+    challenge: B64Bytes
+    expires_at: datetime
+
+
+class EnrollmentRequest(BaseModel):
+    """POST /enroll: e2ee.protocol.enrollment.enrollment_fields() plus the claim and names."""
+    claim_token: str = Field(min_length=16, max_length=128)
+    challenge: Key32
+    device_id: DeviceIdStr
+    fleet: FleetStr
+    ik_pub: Key32
+    is_pub: Key32
+    proof: Annotated[B64Bytes, Field(min_length=64, max_length=64)]
+    board_uid: Annotated[B64Bytes, Field(min_length=1, max_length=MAX_BOARD_UID)] | None = None
+    evidence: Key32 | None = None
+    # the PIN of the registration lock, when re-enrolling a locked identity
+    registration_lock_pin: str | None = Field(None, min_length=PIN_MIN, max_length=PIN_MAX)
+
+
+class MqttCredentials(BaseModel):
+    host: str
+    port: int
+    username: str
+    client_id: str
+    # shown once; the broker keeps only its own salted hash
+    password: str
+
+
+class EnrollmentResult(BaseModel):
+    device_id: str
+    fleet: str
+    # serialized SignedCertificate (proto/e2ee/v1/certificate.proto), base64
+    certificate: B64Bytes
+    serial: str
+    not_after: int
+    # every Fleet CA public key devices must trust (several during a rotation), base64
+    ca_keys: list[B64Bytes]
+    # the current SignedRevocationList, base64
+    revocation_list: B64Bytes
+    mqtt: MqttCredentials | None
+
+
+class RevokeRequest(BaseModel):
+    reason: str = Field("", max_length=128)
+
+
+class RevocationListPublic(BaseModel):
+    version: int
+    issued_at: int
+    revoked: int
+    # serialized SignedRevocationList, base64
+    revocation_list: B64Bytes
+    ca_keys: list[B64Bytes]
+
+
+class RevokeResult(BaseModel):
+    device_id: str
+    revoked_serials: list[str]
+    revocation_list_version: int
+
+
+class CertificateStatus(BaseModel):
+    serial: str
+    device_id: str
+    status: Literal["good", "revoked", "expired"]
+    not_before: int
+    not_after: int
+    revoked_at: datetime | None
+    revoke_reason: str
+
+
+class RegistrationLockSet(BaseModel):
+    pin: str = Field(min_length=PIN_MIN, max_length=PIN_MAX)

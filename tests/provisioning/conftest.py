@@ -63,10 +63,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: igno
 
 
 @pytest.fixture
+def database_url_postgres(postgres_database: str) -> str:
+    """The session's PostgreSQL database, emptied."""
+    _empty_postgres_schema(postgres_database)
+    return postgres_database
+
+
+@pytest.fixture
 def settings(database_url: str, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
     return Settings(_env_file=None, environment="development", data_dir=tmp_path,  # type: ignore[call-arg]
                     database_url=database_url, operator_api_key=OPERATOR_KEY,
-                    bundle_rate_capacity=1000, bundle_rate_per_second=100)
+                    bundle_rate_capacity=1000, bundle_rate_per_second=100,
+                    enroll_rate_capacity=1000, enroll_rate_per_second=100)
 
 
 @pytest.fixture

@@ -10,12 +10,14 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, text
 
+from e2ee.protocol import enrollment
 from e2ee.protocol.keys import KeyStore
 from e2ee_provisioning.core.security import signed_request_message
 
 OPERATOR_KEY = "test-operator-key-9f2c1d0e"  # the test settings' operator key (not the default)
 OPERATOR = {"X-API-Key": OPERATOR_KEY}
-TABLES = ("devices", "enrollment_claims", "signed_prekeys", "one_time_prekeys", "revocations")
+TABLES = ("devices", "enrollment_claims", "enrollment_challenges", "signed_prekeys", "one_time_prekeys",
+          "revocations", "certificates", "revocation_lists")
 
 
 def b64(data: bytes) -> str:
@@ -33,10 +35,26 @@ class TestDevice:
         self.store = KeyStore.generate(one_time=one_time)
         self._last_ts = 0
 
-    def register(self, client: httpx.Client) -> dict[str, Any]:
-        r = client.post("/devices", headers=OPERATOR, json={
-            "device_id": self.device_id, "fleet": self.fleet,
-            "ik_pub": b64(self.store.ik_pub), "is_pub": b64(self.store.is_pub)})
+    def enrollment_body(self, client: httpx.Client, token: str, board_uid: bytes = b"",
+                        board_key: bytes | None = None, **fields: Any) -> dict[str, Any]:
+        """The POST /enroll body over a fresh challenge (fields override or add entries)."""
+        r = client.post("/enroll/challenge")
+        assert r.status_code == 201, r.text
+        challenge = base64.b64decode(r.json()["challenge"])
+        raw = enrollment.enrollment_fields(self.store, challenge, token, self.device_id, self.fleet,
+                                           board_uid, board_key)
+        body = {"claim_token": token, "challenge": b64(challenge), "device_id": self.device_id,
+                "fleet": self.fleet, **{k: b64(v) for k, v in raw.items()}}
+        body.update(fields)
+        return body
+
+    def enroll(self, client: httpx.Client, token: str, **kw: Any) -> httpx.Response:
+        return client.post("/enroll", json=self.enrollment_body(client, token, **kw))
+
+    def register(self, client: httpx.Client, **claim: Any) -> dict[str, Any]:
+        """Enrolls with a fresh single-use claim; returns the enrollment result."""
+        token = create_claim(client, fleet=self.fleet, **claim)
+        r = self.enroll(client, token)
         assert r.status_code == 201, r.text
         return r.json()  # type: ignore[no-any-return]
 
@@ -70,6 +88,13 @@ class TestDevice:
     def upload(self, client: httpx.Client, spk: bool = True,
                opks: list[dict[str, Any]] | None = None) -> httpx.Response:
         return self.post(client, "/keys", self.upload_body(spk, opks))
+
+
+def create_claim(client: httpx.Client, fleet: str = "plant-north", **fields: Any) -> str:
+    """A new claim token (single use unless fields say otherwise)."""
+    r = client.post("/claims", headers=OPERATOR, json={"fleet": fleet, **fields})
+    assert r.status_code == 201, r.text
+    return r.json()["tokens"][0]  # type: ignore[no-any-return]
 
 
 def dump_tables(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:

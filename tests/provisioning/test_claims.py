@@ -46,7 +46,7 @@ def test_invalid_claim_requests_are_422_and_change_nothing(client, body) -> None
 
 
 OPERATOR_ENDPOINTS = [("POST", "/claims", {"fleet": "plant-north"}), ("GET", "/claims", None),
-                      ("POST", "/devices", {"device_id": "d", "fleet": "f", "ik_pub": "", "is_pub": ""}),
+                      ("POST", "/devices/x/revoke", {"reason": "r"}), ("DELETE", "/devices/x/registration-lock", None),
                       ("GET", "/devices", None), ("GET", "/devices/x", None), ("GET", "/keys/x/bundle", None),
                       ("GET", "/keys/x/inventory", None)]
 

@@ -28,8 +28,8 @@ def test_metrics_count_and_name_nothing(client) -> None:  # type: ignore[no-unty
     assert values["e2ee_bundle_fetches_total"] == 4
     assert values["e2ee_bundle_fetches_without_one_time_prekey_total"] == 1
     assert values["e2ee_prekey_uploads_total"] == 1
-    assert values["e2ee_devices_registered_total"] == 1
-    assert values["e2ee_enrollment_claims_created_total"] == 2
+    assert values["e2ee_enrollments_total"] == 1 and values["e2ee_enrollment_challenges_total"] == 1
+    assert values["e2ee_enrollment_claims_created_total"] == 3  # one spent by the enrollment
     assert values["e2ee_auth_failures_total"] == 1
     assert values["e2ee_devices"] == 1
     assert values["e2ee_devices_prekey_inventory_low"] == 1  # 0 left < threshold 10
@@ -37,7 +37,7 @@ def test_metrics_count_and_name_nothing(client) -> None:  # type: ignore[no-unty
     assert set(COUNTERS) <= set(values)
     # counts only: no labels, and no identifier, key or token anywhere in the text
     assert "{" not in r.text
-    secrets_ = ["meter-0042", info["fingerprint"], *claim["tokens"]]
+    secrets_ = ["meter-0042", device.store.fingerprint().hex(), info["serial"], *claim["tokens"]]
     for key in (device.store.ik_pub, device.store.is_pub, device.store.bundle().spk_pub):
         secrets_ += [base64.b64encode(key).decode(), key.hex()]
     for s in secrets_:

@@ -147,6 +147,10 @@ class RevocationList:
         self.count = count
         self._serials = serials
 
+    # The revoked serials in ascending order, as bytes (for tools that list them).
+    def serials(self):
+        return [bytes(self._serials[i * SERIAL_SIZE:(i + 1) * SERIAL_SIZE]) for i in range(self.count)]
+
     # True when `serial` (16 bytes) is on the list. Binary search: the list is sorted.
     def is_revoked(self, serial):
         if len(serial) != SERIAL_SIZE:

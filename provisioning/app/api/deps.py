@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from e2ee import crypto
 from e2ee.crypto.errors import CryptoError
+from e2ee_host.fleet_ca import CAKeystore
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.core.ratelimit import TokenBuckets
@@ -22,8 +23,9 @@ from e2ee_provisioning.core.security import operator_key_matches, signed_request
 from e2ee_provisioning.models import Device, Revocation
 
 __all__ = [
-    "AuthenticatedDevice", "BundleRateLimit", "DeviceAuth", "MetricsDep", "OperatorAuth",
-    "Requester", "RequesterAuth", "SessionDep", "SettingsDep", "device_is_revoked",
+    "AuthenticatedDevice", "BundleRateLimit", "CADep", "DeviceAuth", "EnrollRateLimit", "MetricsDep",
+    "OperatorAuth", "Requester", "RequesterAuth", "SessionDep", "SettingsDep", "accept_signed_write",
+    "device_is_revoked",
 ]
 
 
@@ -40,7 +42,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_ca(request: Request) -> CAKeystore:
+    return request.app.state.ca  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CADep = Annotated[CAKeystore, Depends(get_ca)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
@@ -143,6 +150,18 @@ def require_device(request: Request, session: SessionDep, settings: SettingsDep,
 DeviceAuth = Annotated[AuthenticatedDevice, Depends(require_device)]
 
 
+def accept_signed_write(session: Session, auth: AuthenticatedDevice) -> bool:
+    """Records the signed timestamp of a device's write as its newest; False (and the
+    transaction rolled back) when it is not newer than an earlier accepted write: a replay."""
+    newer = session.execute(update(Device).where(Device.id == auth.device.id,
+                                                  Device.last_signed_at < auth.timestamp)
+                            .values(last_signed_at=auth.timestamp))
+    if newer.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Requester:
     """Who made a read request: an operator (device None) or a registered device."""
@@ -190,3 +209,17 @@ def limit_bundle_fetches(request: Request, requester: RequesterAuth, metrics: Me
 
 
 BundleRateLimit = Annotated[Requester, Depends(limit_bundle_fetches)]
+
+
+def limit_enrollment(request: Request, metrics: MetricsDep) -> None:
+    """One token per challenge or enrollment request from the client address's bucket; 429
+    with Retry-After when it is empty (before anything is read or written)."""
+    buckets: TokenBuckets = request.app.state.enroll_buckets
+    if not buckets.allow(request.client.host if request.client else "?"):
+        metrics.inc("e2ee_enrollments_rate_limited_total")
+        retry = max(1, int(1 / buckets.per_second))
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "enrollment rate limit",
+                            headers={"Retry-After": str(retry)})
+
+
+EnrollRateLimit = Depends(limit_enrollment)

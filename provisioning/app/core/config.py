@@ -48,6 +48,25 @@ class Settings(BaseSettings):
     bundle_rate_per_second: float = Field(1.0, gt=0)
     # Largest request body accepted on uploads, bytes (100 prekeys in JSON take about 9 KB).
     max_upload_bytes: int = Field(32_768, ge=1024)
+    # Fleet CA keystore (FileCAKeystore JSON, mode 0600); empty means data_dir/fleet-ca.json.
+    ca_keystore_path: Path | None = None
+    # Lifetime of issued device certificates, seconds (default 365 days).
+    certificate_lifetime: int = Field(365 * 86_400, ge=3600, le=10 * 366 * 86_400)
+    # Lifetime of an enrollment challenge, seconds.
+    challenge_lifetime: int = Field(120, ge=10, le=3600)
+    # Factory keys for hardware binding evidence (docs/provisioning.md, "Enrollment"): hex of 32
+    # bytes each, comma-separated (several while a factory key is being rotated). Empty: claims
+    # that require hardware evidence cannot be spent.
+    factory_keys: SecretStr = SecretStr("")
+    # Enrollment (challenges and enrollments): token bucket per client address.
+    enroll_rate_capacity: float = Field(20.0, gt=0)
+    enroll_rate_per_second: float = Field(2.0, gt=0)
+    # Registration lock: failed PIN attempts after which only an operator can clear the lock.
+    registration_lock_attempts: int = Field(5, ge=1, le=100)
+    # Broker address handed to enrolled devices with their MQTT credentials (issue: messaging);
+    # empty host: enrollment issues no MQTT credentials.
+    mqtt_host: str = ""
+    mqtt_port: int = Field(8883, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -58,6 +77,7 @@ class Settings(BaseSettings):
                 "(or E2EE_PROV_OPERATOR_API_KEY_HASHES) for %s" % self.environment)
         if not self.operator_key_hashes():
             raise ValueError("no operator API key configured")
+        self.factory_key_list()
         return self
 
     def operator_key_hashes(self) -> frozenset[str]:
@@ -66,6 +86,25 @@ class Settings(BaseSettings):
         if self.operator_api_key is not None and self.operator_api_key.get_secret_value():
             hashes.add(hash_api_key(self.operator_api_key.get_secret_value()))
         return frozenset(hashes)
+
+    def factory_key_list(self) -> list[bytes]:
+        """The factory keys as bytes (parse errors name the position, never the key)."""
+        keys = []
+        for i, part in enumerate(p.strip() for p in self.factory_keys.get_secret_value().split(",")):
+            if not part:
+                continue
+            try:
+                key = bytes.fromhex(part)
+            except ValueError:
+                raise ValueError("E2EE_PROV_FACTORY_KEYS entry %d is not hex" % (i + 1)) from None
+            if len(key) != 32:
+                raise ValueError("E2EE_PROV_FACTORY_KEYS entry %d is not 32 bytes" % (i + 1))
+            keys.append(key)
+        return keys
+
+    @property
+    def ca_path(self) -> Path:
+        return self.ca_keystore_path or self.data_dir / "fleet-ca.json"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -1,28 +1,53 @@
-"""Request authentication: operator API keys and device-signed requests.
+"""Request authentication (operator API keys, device-signed requests) and registration-lock PINs.
 
 A device signs each key-directory request with its identity signing key IS (Ed25519,
 docs/protocol.md §1) over `signed_request_message(...)`, sent in three headers:
 X-E2EE-Device (its device id), X-E2EE-Timestamp (unix seconds, decimal) and X-E2EE-Signature
 (base64 of the 64-byte signature). The message binds method, path, time, device and body, so a
 signature is good for exactly one request; writes additionally need a timestamp newer than the
-device's last accepted one (replay refused).
+device's last accepted one (replay refused). The bytes come from the device package
+(e2ee.protocol.enrollment.request_message), so device and service build the same message.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import os
 
+from e2ee.protocol.enrollment import REQUEST_LABEL, request_message
 from e2ee_provisioning.core.config import hash_api_key
 
-__all__ = ["REQUEST_LABEL", "operator_key_matches", "signed_request_message"]
+__all__ = ["REQUEST_LABEL", "hash_pin", "operator_key_matches", "pin_matches", "signed_request_message"]
 
-# Domain separation of request signatures from prekey signatures (which start "e2ee-iot SPK v1").
-REQUEST_LABEL = b"e2ee-iot request v1"
+signed_request_message = request_message
+
+# Registration-lock PINs are short secrets: scrypt (RFC 7914) with a per-lock salt makes each
+# guess of a stolen database cost ~16 MiB and tens of milliseconds; online guessing is limited
+# by the attempt counter (docs/provisioning.md, "Registration lock").
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 
 
-def signed_request_message(method: str, path: str, timestamp: int, device_id: str, body: bytes) -> bytes:
-    """label || 0 || METHOD || 0 || path || 0 || decimal timestamp || 0 || device_id || 0 || body."""
-    return b"\x00".join((REQUEST_LABEL, method.upper().encode(), path.encode(), b"%d" % timestamp,
-                         device_id.encode(), body))
+def hash_pin(pin: str) -> str:
+    """'scrypt$N$r$p$salt$hash' (base64) of a PIN."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(pin.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    return "scrypt$%d$%d$%d$%s$%s" % (_SCRYPT_N, _SCRYPT_R, _SCRYPT_P, base64.b64encode(salt).decode(),
+                                      base64.b64encode(digest).decode())
+
+
+def pin_matches(pin: str, stored: str) -> bool:
+    """True when `pin` hashes to `stored` (constant-time comparison of the digests)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        candidate = hashlib.scrypt(pin.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                                   dklen=len(expected))
+    except ValueError:
+        return False
+    return hmac.compare_digest(candidate, expected)
 
 
 def operator_key_matches(presented: str, accepted_hashes: frozenset[str]) -> bool:

@@ -1,6 +1,6 @@
 """Enrollment claims: operators create single-use (quota 1) or batch (quota n) tokens with an
-expiry, and list them. Tokens are returned once and stored as SHA-256 hashes; enrollment that
-spends them comes with attestation (docs/provisioning.md, "Not built yet")."""
+expiry, an owner and the roles written into certificates, and list them. Tokens are returned
+once and stored as SHA-256 hashes; routes/enrollment.py spends them."""
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +26,9 @@ def create_claims(*, session: Session, claim_in: ClaimCreate) -> tuple[list[Enro
     for _ in range(claim_in.count):
         token = secrets.token_urlsafe(_TOKEN_BYTES)
         claim = EnrollmentClaim(token_sha256=hashlib.sha256(token.encode()).hexdigest(), fleet=claim_in.fleet,
-                                label=claim_in.label, quota=claim_in.quota, used=0,
+                                label=claim_in.label, quota=claim_in.quota, used=0, owner=claim_in.owner,
+                                roles=",".join(dict.fromkeys(claim_in.roles)),
+                                require_hardware=claim_in.require_hardware,
                                 expires_at=now + timedelta(seconds=claim_in.expires_in), created_at=now)
         session.add(claim)
         claims.append(claim)
@@ -35,11 +37,18 @@ def create_claims(*, session: Session, claim_in: ClaimCreate) -> tuple[list[Enro
     return claims, tokens
 
 
+def to_public(claim: EnrollmentClaim) -> ClaimPublic:
+    return ClaimPublic(id=claim.id, fleet=claim.fleet, label=claim.label, quota=claim.quota, used=claim.used,
+                       owner=claim.owner, roles=[r for r in claim.roles.split(",") if r],
+                       require_hardware=claim.require_hardware, expires_at=claim.expires_at,
+                       created_at=claim.created_at)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ClaimsCreated)
 def post_claims(claim_in: ClaimCreate, session: SessionDep, metrics: MetricsDep) -> ClaimsCreated:
     claims, tokens = create_claims(session=session, claim_in=claim_in)
     metrics.inc("e2ee_enrollment_claims_created_total", len(claims))
-    return ClaimsCreated(claims=[ClaimPublic.model_validate(c, from_attributes=True) for c in claims], tokens=tokens)
+    return ClaimsCreated(claims=[to_public(c) for c in claims], tokens=tokens)
 
 
 @router.get("", response_model=list[ClaimPublic])
@@ -48,4 +57,4 @@ def list_claims(session: SessionDep, fleet: str | None = None,
     query = select(EnrollmentClaim).order_by(EnrollmentClaim.id).offset(offset).limit(limit)
     if fleet is not None:
         query = query.where(EnrollmentClaim.fleet == fleet)
-    return [ClaimPublic.model_validate(c, from_attributes=True) for c in session.scalars(query)]
+    return [to_public(c) for c in session.scalars(query)]

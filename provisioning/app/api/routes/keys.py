@@ -9,14 +9,15 @@ signature must verify under the device's IS. A refused upload changes nothing.
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response, status
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from e2ee import crypto
 from e2ee.crypto.errors import CryptoError
 from e2ee.protocol import keys
 from e2ee_provisioning.api.deps import (
-    BundleRateLimit, DeviceAuth, MetricsDep, RequesterAuth, SessionDep, SettingsDep, device_is_revoked,
+    BundleRateLimit, DeviceAuth, MetricsDep, RequesterAuth, SessionDep, SettingsDep, accept_signed_write,
+    device_is_revoked,
 )
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.models import (
@@ -87,11 +88,7 @@ def upload_prekeys(upload: PrekeyUpload, auth: DeviceAuth, session: SessionDep, 
     if held + len(new_ids) > settings.max_one_time_prekeys:
         raise _reject(metrics, status.HTTP_422_UNPROCESSABLE_CONTENT, "would hold %d one-time prekeys, limit %d" % (
             held + len(new_ids), settings.max_one_time_prekeys))
-    # replay: the signed timestamp must be newer than every earlier accepted write of this device
-    newer = session.execute(update(Device).where(Device.id == device.id, Device.last_signed_at < auth.timestamp)
-                            .values(last_signed_at=auth.timestamp))
-    if newer.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
+    if not accept_signed_write(session, auth):
         raise _reject(metrics, status.HTTP_409_CONFLICT, "request timestamp is not newer than the last upload")
     if upload.signed_prekey is not None:
         session.execute(delete(SignedPrekey).where(SignedPrekey.device_pk == device.id))

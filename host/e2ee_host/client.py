@@ -1,0 +1,259 @@
+"""Host SDK client of the provisioning service (docs/provisioning.md): operator calls with an API
+key, and device calls signed with a device's identity key (enrollment, prekey uploads, bundles).
+
+Every reply is checked: HTTP errors raise `ApiError` (status and the service's detail), and
+certificates and revocation lists are verified with the Fleet CA keys before they are returned.
+
+    client = OperatorClient("http://127.0.0.1:8000", api_key)
+    token = client.create_claims("plant-north").tokens[0]
+    device = DeviceClient("http://127.0.0.1:8000", "pump-1", "plant-north", KeyStore.generate(20))
+    enrolled = device.enroll(token)
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from e2ee.protocol import certificate, enrollment
+from e2ee.protocol.keys import KeyStore, PrekeyBundle
+
+__all__ = ["ApiError", "Claims", "DeviceClient", "Enrolled", "OperatorClient", "RevocationListInfo"]
+
+DEFAULT_TIMEOUT = 15.0
+
+
+class ApiError(Exception):
+    """The service answered with an error status; `detail` is its explanation."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__("%d %s" % (status, detail))
+        self.status = status
+        self.detail = detail
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+@dataclass(frozen=True)
+class Claims:
+    claims: list[dict[str, Any]]
+    tokens: list[str]  # shown once by the service
+
+
+@dataclass(frozen=True)
+class RevocationListInfo:
+    data: bytes  # the SignedRevocationList as served
+    crl: certificate.RevocationList  # verified with the CA keys
+    ca_keys: list[bytes]
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    certificate: bytes  # SignedCertificate, verified
+    cert: certificate.Certificate
+    ca_keys: list[bytes]
+    revocation_list: bytes
+    mqtt: dict[str, Any] | None
+
+    def __repr__(self) -> str:  # the MQTT password stays out of logs and tracebacks
+        return "<Enrolled %s serial=%s>" % (self.cert.device_id, self.cert.serial.hex())
+
+
+class _Client:
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None,
+                 http: httpx.Client | None = None) -> None:
+        self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> _Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+              content: bytes | None = None, params: dict[str, Any] | None = None) -> Any:
+        try:
+            r = self.http.request(method, path, headers=headers, content=content,
+                                  params={k: v for k, v in (params or {}).items() if v is not None})
+        except httpx.HTTPError as e:
+            raise ApiError(0, "service unreachable at %s: %s" % (self.http.base_url, type(e).__name__)) from None
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise ApiError(r.status_code, detail if isinstance(detail, str) else json.dumps(detail))
+        return r.json() if r.content else None
+
+    # --- public endpoints ---
+
+    def ca_keys(self) -> list[bytes]:
+        """The Fleet CA public keys the service reports. Pin them at provisioning time: later
+        answers are verified against the pinned set, not against what the service says."""
+        return [_unb64(k["public_key"]) for k in self._call("GET", "/ca")["keys"]]
+
+    def revocation_list(self, trusted_keys: Sequence[bytes], last_version: int = 0) -> RevocationListInfo:
+        """The current signed revocation list, verified with `trusted_keys` and newer than
+        `last_version` (certificate.RolledBack otherwise)."""
+        doc = self._call("GET", "/revocations")
+        data = _unb64(doc["revocation_list"])
+        crl = certificate.verify_revocation_list(data, list(trusted_keys), last_version)
+        return RevocationListInfo(data, crl, [_unb64(k) for k in doc["ca_keys"]])
+
+
+class OperatorClient(_Client):
+    """Operator calls, authenticated with an API key (X-API-Key)."""
+
+    def __init__(self, url: str, api_key: str, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self._headers = {"X-API-Key": api_key}
+
+    def __repr__(self) -> str:
+        return "<OperatorClient %s>" % self.http.base_url
+
+    def _op(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        headers = dict(self._headers)
+        content = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            content = json.dumps(body).encode()
+        return self._call(method, path, headers=headers, content=content, params=params)
+
+    def create_claims(self, fleet: str, *, quota: int = 1, count: int = 1, expires_in: int = 86_400,
+                      owner: str = "", roles: Iterable[str] = (), label: str = "",
+                      require_hardware: bool = False) -> Claims:
+        doc = self._op("POST", "/claims", {"fleet": fleet, "quota": quota, "count": count, "expires_in": expires_in,
+                                           "owner": owner, "roles": list(roles), "label": label,
+                                           "require_hardware": require_hardware})
+        return Claims(doc["claims"], doc["tokens"])
+
+    def list_claims(self, fleet: str | None = None) -> list[dict[str, Any]]:
+        return self._op("GET", "/claims", params={"fleet": fleet})  # type: ignore[no-any-return]
+
+    def list_devices(self, fleet: str | None = None, owner: str | None = None,
+                     limit: int = 1000) -> list[dict[str, Any]]:
+        """Every device matching the filters (pages through the list)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self._op("GET", "/devices", params={"fleet": fleet, "owner": owner, "offset": len(out),
+                                                         "limit": limit})
+            out += page
+            if len(page) < limit:
+                return out
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return self._op("GET", "/devices/%s" % device_id)  # type: ignore[no-any-return]
+
+    def revoke(self, device_id: str, reason: str = "") -> dict[str, Any]:
+        return self._op("POST", "/devices/%s/revoke" % device_id, {"reason": reason})  # type: ignore[no-any-return]
+
+    def clear_registration_lock(self, device_id: str) -> None:
+        self._op("DELETE", "/devices/%s/registration-lock" % device_id)
+
+    def certificate_status(self, serial: str) -> dict[str, Any]:
+        return self._op("GET", "/certificates/%s" % serial)  # type: ignore[no-any-return]
+
+    def inventory(self, device_id: str) -> dict[str, Any]:
+        return self._op("GET", "/keys/%s/inventory" % device_id)  # type: ignore[no-any-return]
+
+    def bundle(self, device_id: str) -> PrekeyBundle:
+        doc = self._op("GET", "/keys/%s/bundle" % device_id)
+        return PrekeyBundle.from_bytes(_unb64(doc["bundle"]))
+
+
+class DeviceClient(_Client):
+    """A device's calls: enrollment with proof of possession, then requests signed with its
+    identity key IS (the private keys stay in `keystore`; only public keys and signatures are
+    sent)."""
+
+    def __init__(self, url: str, device_id: str, fleet: str, keystore: KeyStore, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self.device_id = device_id
+        self.fleet = fleet
+        self.keystore = keystore
+        self._last_ts = 0
+        self.uploaded_opk_ids: set[int] = set()
+
+    def __repr__(self) -> str:
+        return "<DeviceClient %s %s>" % (self.device_id, self.http.base_url)
+
+    def enroll(self, token: str, *, board_uid: bytes = b"", board_key: bytes | None = None,
+               registration_lock_pin: str | None = None, trusted_keys: Sequence[bytes] | None = None) -> Enrolled:
+        """Claim + fresh challenge + proof of possession (+ hardware evidence): the certificate,
+        verified with `trusted_keys` (default: the CA keys the enrollment answer carries)."""
+        challenge = _unb64(self._call("POST", "/enroll/challenge")["challenge"])
+        fields = enrollment.enrollment_fields(self.keystore, challenge, token, self.device_id, self.fleet,
+                                              board_uid, board_key)
+        body: dict[str, Any] = {"claim_token": token, "challenge": _b64(challenge), "device_id": self.device_id,
+                                "fleet": self.fleet, **{k: _b64(v) for k, v in fields.items()}}
+        if registration_lock_pin is not None:
+            body["registration_lock_pin"] = registration_lock_pin
+        doc = self._call("POST", "/enroll", headers={"Content-Type": "application/json"},
+                         content=json.dumps(body).encode())
+        ca_keys = [_unb64(k) for k in doc["ca_keys"]]
+        trusted = list(trusted_keys) if trusted_keys is not None else ca_keys
+        crl_data = _unb64(doc["revocation_list"])
+        crl = certificate.verify_revocation_list(crl_data, trusted, 0)
+        data = _unb64(doc["certificate"])
+        cert = certificate.verify_certificate(data, trusted, int(time.time()), crl)
+        if (cert.identity_dh, cert.identity_sign, cert.device_id) != (
+                self.keystore.ik_pub, self.keystore.is_pub, self.device_id):
+            raise certificate.Malformed("the service certified other keys or another device id")
+        return Enrolled(data, cert, ca_keys, crl_data, doc["mqtt"])
+
+    def _timestamp(self) -> int:
+        self._last_ts = max(int(time.time()), self._last_ts + 1)
+        return self._last_ts
+
+    def signed(self, method: str, path: str, body: bytes = b"") -> Any:
+        """A request signed with IS (docs/provisioning.md, "Authentication")."""
+        ts = self._timestamp()
+        signature = self.keystore.sign(enrollment.request_message(method, path, ts, self.device_id, body))
+        headers = {"X-E2EE-Device": self.device_id, "X-E2EE-Timestamp": str(ts), "X-E2EE-Signature": _b64(signature)}
+        if body:
+            headers["Content-Type"] = "application/json"
+        return self._call(method, path, headers=headers, content=body or None)
+
+    def upload_prekeys(self, *, signed_prekey: bool = True, one_time: int | None = None) -> dict[str, Any]:
+        """Publishes the current signed prekey (when asked) and the one-time prekeys not uploaded
+        yet, generating `one_time` new ones first; returns the inventory."""
+        if one_time:
+            self.keystore.generate_one_time_prekeys(one_time)
+        opks = [(i, pub) for i, pub in self.keystore.one_time_prekey_publics() if i not in self.uploaded_opk_ids]
+        doc: dict[str, Any] = {"one_time_prekeys": [{"opk_id": i, "opk_pub": _b64(pub)} for i, pub in opks]}
+        if signed_prekey:
+            b = self.keystore.bundle()
+            doc["signed_prekey"] = {"spk_id": b.spk_id, "spk_pub": _b64(b.spk_pub), "spk_sig": _b64(b.spk_sig)}
+        inventory = self.signed("POST", "/keys", json.dumps(doc).encode())
+        self.uploaded_opk_ids.update(i for i, _ in opks)
+        return inventory  # type: ignore[no-any-return]
+
+    def inventory(self) -> dict[str, Any]:
+        return self.signed("GET", "/keys/%s/inventory" % self.device_id)  # type: ignore[no-any-return]
+
+    def bundle(self, peer: str) -> PrekeyBundle:
+        doc = self.signed("GET", "/keys/%s/bundle" % peer)
+        return PrekeyBundle.from_bytes(_unb64(doc["bundle"]))
+
+    def certificate_status(self, serial: str) -> dict[str, Any]:
+        return self.signed("GET", "/certificates/%s" % serial)  # type: ignore[no-any-return]
+
+    def set_registration_lock(self, pin: str) -> None:
+        self.signed("PUT", "/me/registration-lock", json.dumps({"pin": pin}).encode())
+
+    def remove_registration_lock(self) -> None:
+        self.signed("DELETE", "/me/registration-lock")

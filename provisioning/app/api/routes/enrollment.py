@@ -1,0 +1,230 @@
+"""Enrollment with attestation (docs/provisioning.md, "Enrollment"): a device that holds an
+enrollment claim asks for a fresh challenge, signs it with its identity key (proof of
+possession), adds hardware binding evidence where its board has it, and receives a device
+certificate signed by the Fleet CA (and MQTT credentials when a broker is configured).
+
+Private keys are generated on the device and never sent: the request carries public keys, the
+proof signature and the evidence MAC. Every check runs before any write; a refused enrollment
+changes nothing except, for a wrong registration-lock PIN, the attempt counter.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from datetime import timedelta
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from e2ee import crypto
+from e2ee.crypto.errors import CryptoError
+from e2ee.protocol import enrollment, keys
+from e2ee.protocol.certificate import decode_certificate_unverified
+from e2ee_host.fleet_ca import issue_certificate
+from e2ee_provisioning.api.deps import CADep, EnrollRateLimit, MetricsDep, SessionDep, SettingsDep, raw_body
+from e2ee_provisioning.core.authority import current_revocation_list, publish_revocation_list
+from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
+from e2ee_provisioning.core.config import Settings
+from e2ee_provisioning.core.metrics import Metrics
+from e2ee_provisioning.core.security import pin_matches
+from e2ee_provisioning.models import (
+    Certificate, ChallengePublic, Device, EnrollmentChallenge, EnrollmentClaim, EnrollmentRequest,
+    EnrollmentResult, MqttCredentials, OneTimePrekey, Revocation, SignedPrekey, utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/enroll", tags=["enrollment"], dependencies=[EnrollRateLimit, Depends(raw_body)])
+
+# Clock skew allowed for a certificate's start: not_before is set this far in the past.
+_NOT_BEFORE_SLACK = 300
+
+
+def _refuse(metrics: Metrics, code: int, detail: str) -> HTTPException:
+    metrics.inc("e2ee_enrollments_rejected_total")
+    log.warning("enrollment refused (%d): %s", code, detail)
+    return HTTPException(code, detail)
+
+
+@router.post("/challenge", status_code=status.HTTP_201_CREATED, response_model=ChallengePublic)
+def post_challenge(session: SessionDep, settings: SettingsDep, metrics: MetricsDep) -> ChallengePublic:
+    """A fresh 32-byte challenge, valid for E2EE_PROV_CHALLENGE_LIFETIME seconds, single use."""
+    now = utcnow()
+    session.execute(delete(EnrollmentChallenge).where(EnrollmentChallenge.expires_at <= now))
+    challenge = EnrollmentChallenge(nonce=secrets.token_bytes(enrollment.CHALLENGE_SIZE),
+                                    expires_at=now + timedelta(seconds=settings.challenge_lifetime))
+    session.add(challenge)
+    session.commit()
+    metrics.inc("e2ee_enrollment_challenges_total")
+    return ChallengePublic(challenge=challenge.nonce, expires_at=challenge.expires_at)
+
+
+def _check_evidence(req: EnrollmentRequest, claim: EnrollmentClaim, settings: Settings, metrics: Metrics) -> None:
+    if req.evidence is None and req.board_uid is None:
+        if claim.require_hardware:
+            raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "this claim requires hardware binding evidence")
+        return
+    if req.evidence is None or req.board_uid is None:
+        raise _refuse(metrics, status.HTTP_422_UNPROCESSABLE_CONTENT, "board_uid and evidence go together")
+    factory_keys = settings.factory_key_list()
+    if not factory_keys:
+        raise _refuse(metrics, status.HTTP_503_SERVICE_UNAVAILABLE, "hardware evidence cannot be verified: "
+                      "the service has no factory key (E2EE_PROV_FACTORY_KEYS)")
+    message = enrollment.evidence_message(req.challenge, req.is_pub, req.board_uid)
+    for factory_key in factory_keys:  # every key is tried: the timing does not tell which matched
+        expected = crypto.hmac_sha256(enrollment.board_key(factory_key, req.board_uid), message)
+        if crypto.ct_equal(expected, req.evidence):
+            return
+    raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "hardware evidence does not verify")
+
+
+def _usable_claim(session: Session, token: str, fleet: str, metrics: Metrics) -> EnrollmentClaim:
+    claim = session.scalar(select(EnrollmentClaim).where(
+        EnrollmentClaim.token_sha256 == hashlib.sha256(token.encode()).hexdigest()))
+    if claim is None:
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "unknown enrollment claim")
+    if claim.expires_at <= utcnow():
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "enrollment claim has expired")
+    if claim.used >= claim.quota:
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "enrollment claim is used up")
+    if claim.fleet != fleet:
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "enrollment claim is for another fleet")
+    return claim
+
+
+def _identity_revoked(session: Session, req: EnrollmentRequest) -> bool:
+    """The device id or either identity key belongs to a revoked device."""
+    return session.scalar(select(Device.id).join(Revocation, Revocation.device_pk == Device.id).where(
+        or_(Device.device_id == req.device_id, Device.is_pub == req.is_pub, Device.ik_pub == req.ik_pub))
+        .limit(1)) is not None
+
+
+def _check_registration_lock(session: Session, device: Device, req: EnrollmentRequest, settings: Settings,
+                             metrics: Metrics) -> None:
+    """A locked identity re-registers only with its PIN; wrong PINs count, and after
+    E2EE_PROV_REGISTRATION_LOCK_ATTEMPTS of them only an operator can clear the lock."""
+    if not device.lock_hash:
+        return
+    if device.lock_failures >= settings.registration_lock_attempts:
+        raise _refuse(metrics, status.HTTP_423_LOCKED,
+                      "registration lock: too many wrong PINs; an operator must clear the lock")
+    if req.registration_lock_pin is None:
+        raise _refuse(metrics, status.HTTP_423_LOCKED, "registration lock: this identity needs its PIN")
+    if not pin_matches(req.registration_lock_pin, device.lock_hash):
+        session.execute(update(Device).where(Device.id == device.id)
+                        .values(lock_failures=Device.lock_failures + 1))
+        session.commit()
+        metrics.inc("e2ee_registration_lock_failures_total")
+        left = settings.registration_lock_attempts - device.lock_failures - 1
+        raise _refuse(metrics, status.HTTP_423_LOCKED, "registration lock: wrong PIN (%d attempts left)" % left)
+
+
+def _broker_credentials(request: Request, settings: Settings, device: Device,
+                        metrics: Metrics) -> MqttCredentials | None:
+    """A fresh broker password for the device, set on the broker before the enrollment commits
+    (core/broker.py); None when the service drives no broker."""
+    broker: BrokerAdmin | None = request.app.state.broker
+    if broker is None:
+        return None
+    password = secrets.token_urlsafe(24)
+    try:
+        broker.provision_device(device.fleet, device.device_id, password)
+    except BrokerError:
+        raise _refuse(metrics, status.HTTP_503_SERVICE_UNAVAILABLE, "the broker did not accept the device; retry")
+    return MqttCredentials(host=settings.mqtt_host, port=settings.mqtt_port, username=device.device_id,
+                           client_id=device.device_id, password=password)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=EnrollmentResult)
+def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, settings: SettingsDep,
+                metrics: MetricsDep, ca: CADep) -> EnrollmentResult:
+    now = utcnow()
+    # 1. a fresh challenge of ours
+    challenge = session.scalar(select(EnrollmentChallenge).where(EnrollmentChallenge.nonce == req.challenge))
+    if challenge is None or challenge.expires_at <= now:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "unknown or expired enrollment challenge")
+    # 2. a claim that can still be spent, for this fleet
+    claim = _usable_claim(session, req.claim_token, req.fleet, metrics)
+    # 3. proof of possession of IS over the challenge, the claim and every field enrolled
+    message = enrollment.proof_message(req.challenge, enrollment.claim_hash(req.claim_token), req.device_id,
+                                       req.fleet, req.ik_pub, req.is_pub, req.board_uid or b"")
+    try:
+        crypto.ed25519_verify(req.is_pub, message, req.proof)
+    except CryptoError:
+        raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "proof of possession does not verify")
+    # 4. hardware binding evidence
+    _check_evidence(req, claim, settings, metrics)
+    # 5. revoked identities stay out
+    if _identity_revoked(session, req):
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "this identity is revoked and cannot enroll again")
+    # 6. conflicts: the identity key or the board under another device id
+    clash = session.scalar(select(Device.device_id).where(
+        Device.device_id != req.device_id,
+        or_(Device.is_pub == req.is_pub, Device.ik_pub == req.ik_pub,
+            *([Device.board_uid == req.board_uid] if req.board_uid else []))).limit(1))
+    if clash is not None:
+        raise _refuse(metrics, status.HTTP_409_CONFLICT, "identity key or board already enrolled as another device")
+    device = session.scalar(select(Device).where(Device.device_id == req.device_id))
+    if device is not None and device.fleet != req.fleet:
+        raise _refuse(metrics, status.HTTP_409_CONFLICT, "device id is enrolled in another fleet")
+    rekey = device is not None and (device.ik_pub != req.ik_pub or device.is_pub != req.is_pub)
+    if rekey:
+        assert device is not None
+        _check_registration_lock(session, device, req, settings, metrics)
+
+    # --- every check passed: spend the claim and the challenge, then write ---
+    spent = session.execute(update(EnrollmentClaim).where(
+        EnrollmentClaim.id == claim.id, EnrollmentClaim.used < EnrollmentClaim.quota,
+        EnrollmentClaim.expires_at > now).values(used=EnrollmentClaim.used + 1))
+    used = session.execute(delete(EnrollmentChallenge).where(EnrollmentChallenge.id == challenge.id))
+    if spent.rowcount != 1 or used.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()  # a concurrent enrollment took the last use or the challenge
+        raise _refuse(metrics, status.HTTP_409_CONFLICT, "claim or challenge was used concurrently; retry")
+    roles = claim.roles
+    if device is None:
+        device = Device(device_id=req.device_id, fleet=req.fleet, created_at=now, last_signed_at=0,
+                        lock_hash="", lock_failures=0)
+        session.add(device)
+    elif rekey:
+        # a re-registered identity: its old certificates are superseded, its prekeys are gone
+        session.execute(update(Certificate).where(Certificate.device_pk == device.id,
+                                                  Certificate.revoked_at.is_(None))
+                        .values(revoked_at=now, revoke_reason="superseded"))
+        session.execute(delete(OneTimePrekey).where(OneTimePrekey.device_pk == device.id))
+        session.execute(delete(SignedPrekey).where(SignedPrekey.device_pk == device.id))
+        device.last_signed_at = 0
+        device.lock_failures = 0
+    device.ik_pub, device.is_pub = req.ik_pub, req.is_pub
+    device.fingerprint = keys.fingerprint(req.ik_pub, req.is_pub).hex()
+    device.owner, device.roles, device.enrolled_at = claim.owner, roles, now
+    if req.board_uid is not None:
+        device.board_uid = req.board_uid
+    session.flush()
+    issued = int(time.time())
+    not_before, not_after = issued - _NOT_BEFORE_SLACK, issued + settings.certificate_lifetime
+    data = issue_certificate(ca, device_id=req.device_id, fleet=req.fleet, identity_dh=req.ik_pub,
+                             identity_sign=req.is_pub, not_before=not_before, not_after=not_after,
+                             roles=[r for r in roles.split(",") if r])
+    serial = decode_certificate_unverified(data).serial
+    session.add(Certificate(device_pk=device.id, serial=serial, not_before=not_before, not_after=not_after,
+                            data=data, issued_at=now, revoke_reason=""))
+    if rekey:
+        publish_revocation_list(session, ca)
+        metrics.inc("e2ee_revocation_lists_signed_total")
+    mqtt = _broker_credentials(request, settings, device, metrics)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise _refuse(metrics, status.HTTP_409_CONFLICT, "device was enrolled concurrently; retry")
+    metrics.inc("e2ee_enrollments_total")
+    log.info("enrolled %s in fleet %s: certificate %s until %d%s", device.device_id, device.fleet, serial.hex(),
+             not_after, " (re-registered with new keys)" if rekey else "")
+    crl = current_revocation_list(session)
+    return EnrollmentResult(device_id=device.device_id, fleet=device.fleet, certificate=data, serial=serial.hex(),
+                            not_after=not_after, ca_keys=ca.public_keys(), revocation_list=crl.data,
+                            mqtt=mqtt)
