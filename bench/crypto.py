@@ -162,7 +162,7 @@ def main() -> int:
     return 0
 
 
-def write_doc(block_name: str, table: str, notes: list[str]) -> None:
+def write_doc(block_name: str, table: str, notes: list[str], reproduce: str = "scripts/bench") -> None:
     """Replaces the <!-- bench:<block_name> --> block of docs/performance.md (or appends it)."""
     mp = subprocess.run([e2ee_micropython.binary(), "-c", "import sys; print(sys.implementation._machine, sys.version)"],
                         capture_output=True, text=True).stdout.strip()
@@ -173,7 +173,7 @@ def write_doc(block_name: str, table: str, notes: list[str]) -> None:
         "Measured %s on %s (%s, %d cores), MicroPython: %s, CPython %s." % (
             time.strftime("%Y-%m-%d"), platform.node() or "host", platform.machine(), os.cpu_count() or 0,
             mp, platform.python_version()),
-        "Reproduce: `scripts/bench`.",
+        "Reproduce: `%s`." % reproduce,
         "",
         table,
         "",
