@@ -8,10 +8,14 @@
     e2ee devices clear-lock DEVICE_ID
     e2ee cert status SERIAL
     e2ee crl show [--ca-keys FILE]
+    e2ee flash --port PORT [--app FILE]
+    e2ee provision --port PORT --claim TOKEN --device-id ID --fleet F [--one-time N] [--force]
+    e2ee board virtual --flash DIR [--profile esp32|rp2040|unix]
 
-The service address and operator key come from --url / --api-key or E2EE_URL / E2EE_API_KEY.
+The service address and operator key come from --url / --api-key or E2EE_URL / E2EE_API_KEY
+(`flash`, `provision` and `board` need no operator key: a device enrolls with its claim).
 `--json` prints the service's answer as JSON. Exit status: 0 done, 1 the service refused (its
-reason is printed), 2 usage or verification error.
+reason is printed), 2 usage or verification error, 3 the board is missing, busy or refused.
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ import datetime
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from e2ee.protocol import certificate
@@ -147,6 +153,42 @@ def _crl_show(client: OperatorClient, args: argparse.Namespace) -> Any:
     return "\n".join(lines)
 
 
+def _flash(args: argparse.Namespace) -> Any:
+    from e2ee_host.board_link import flash
+    done = flash(args.port, Path(args.app) if args.app else None, progress=_progress(args))
+    return done if args.json else "flashed %(files)d files (%(bytes)d bytes) to %(port)s" % dict(done, port=args.port)
+
+
+def _provision(args: argparse.Namespace) -> Any:
+    from e2ee_host.board_link import provision
+    done = provision(args.port, args.url, args.claim, args.device_id, args.fleet, one_time=args.one_time,
+                     force=args.force, progress=_progress(args))
+    if args.json:
+        return done
+    return ("enrolled %(device_id)s in fleet %(fleet)s: certificate %(serial)s, fingerprint %(fingerprint)s, "
+            "%(one_time_prekeys)d one-time prekeys published" % done)
+
+
+def _board_virtual(args: argparse.Namespace) -> Any:
+    from e2ee_host.virtual_board import VirtualBoard
+    with VirtualBoard(args.flash, args.profile) as board:
+        print("virtual %s board on %s (flash %s, heap %s); Ctrl-C powers it off" % (
+            board.profile.name, board.port, args.flash, board.heap), flush=True)
+        try:
+            while board.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return "virtual board powered off"
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    def show(line: str) -> None:
+        if not args.json:
+            print("  " + line, file=sys.stderr, flush=True)
+    return show
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="e2ee", description="e2ee-iot operator commands (provisioning service)")
     p.add_argument("--url", default=os.environ.get("E2EE_URL", DEFAULT_URL), help="service URL (E2EE_URL)")
@@ -191,11 +233,31 @@ def _parser() -> argparse.ArgumentParser:
     s = crl.add_parser("show", help="fetch, verify and print the current revocation list")
     s.add_argument("--ca-keys", help="file of pinned CA public keys (base64 or hex, one per line)")
     s.set_defaults(run=_crl_show)
+
+    f = groups.add_parser("flash", help="copy the SDK (compiled for the board) and an application to a board")
+    f.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB0, or a virtual board's)")
+    f.add_argument("--app", help="application to install as main.py")
+    f.set_defaults(board=_flash)
+    f = groups.add_parser("provision", help="make the board's identity on the board and enroll it")
+    f.add_argument("--port", required=True)
+    f.add_argument("--claim", required=True, help="enrollment claim token")
+    f.add_argument("--device-id", required=True)
+    f.add_argument("--fleet", required=True)
+    f.add_argument("--one-time", type=int, default=20, help="one-time prekeys to generate and publish")
+    f.add_argument("--force", action="store_true", help="replace an existing identity (re-enrollment)")
+    f.set_defaults(board=_provision)
+    b = groups.add_parser("board", help="boards").add_subparsers(dest="command", required=True)
+    v = b.add_parser("virtual", help="run a virtual board (MicroPython unix port behind a pty)")
+    v.add_argument("--flash", required=True, help="the board's flash directory")
+    v.add_argument("--profile", default="esp32", choices=["esp32", "rp2040", "unix"])
+    v.set_defaults(board=_board_virtual)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "board", None) is not None:
+        return _run_board(args)
     api_key = args.api_key or os.environ.get("E2EE_API_KEY", "")
     if not api_key:
         print("e2ee: an operator API key is needed (--api-key or E2EE_API_KEY)", file=sys.stderr)
@@ -209,6 +271,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         except certificate.CertificateError as e:
             print("e2ee: verification failed: %s: %s" % (type(e).__name__, e), file=sys.stderr)
             return 2
+    print(json.dumps(out, indent=2) if args.json else out)
+    return 0
+
+
+def _run_board(args: argparse.Namespace) -> int:
+    from e2ee_host.board_link import BoardError
+    try:
+        out = args.board(args)
+    except BoardError as e:
+        print("e2ee: %s" % e, file=sys.stderr)
+        return 3
+    except ApiError as e:
+        print("e2ee: the service refused: %s" % e, file=sys.stderr)
+        return 1
     print(json.dumps(out, indent=2) if args.json else out)
     return 0
 

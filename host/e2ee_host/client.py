@@ -23,7 +23,8 @@ import httpx
 from e2ee.protocol import certificate, enrollment
 from e2ee.protocol.keys import KeyStore, PrekeyBundle
 
-__all__ = ["ApiError", "Claims", "DeviceClient", "Enrolled", "OperatorClient", "RevocationListInfo"]
+__all__ = ["ApiError", "Claims", "DeviceClient", "Enrolled", "OperatorClient", "RevocationListInfo",
+           "ServiceClient"]
 
 DEFAULT_TIMEOUT = 15.0
 
@@ -70,7 +71,7 @@ class Enrolled:
         return "<Enrolled %s serial=%s>" % (self.cert.device_id, self.cert.serial.hex())
 
 
-class _Client:
+class ServiceClient:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None,
                  http: httpx.Client | None = None) -> None:
         self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=timeout, transport=transport)
@@ -78,13 +79,13 @@ class _Client:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> _Client:
+    def __enter__(self) -> ServiceClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+    def call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
               content: bytes | None = None, params: dict[str, Any] | None = None) -> Any:
         try:
             r = self.http.request(method, path, headers=headers, content=content,
@@ -104,18 +105,18 @@ class _Client:
     def ca_keys(self) -> list[bytes]:
         """The Fleet CA public keys the service reports. Pin them at provisioning time: later
         answers are verified against the pinned set, not against what the service says."""
-        return [_unb64(k["public_key"]) for k in self._call("GET", "/ca")["keys"]]
+        return [_unb64(k["public_key"]) for k in self.call("GET", "/ca")["keys"]]
 
     def revocation_list(self, trusted_keys: Sequence[bytes], last_version: int = 0) -> RevocationListInfo:
         """The current signed revocation list, verified with `trusted_keys` and newer than
         `last_version` (certificate.RolledBack otherwise)."""
-        doc = self._call("GET", "/revocations")
+        doc = self.call("GET", "/revocations")
         data = _unb64(doc["revocation_list"])
         crl = certificate.verify_revocation_list(data, list(trusted_keys), last_version)
         return RevocationListInfo(data, crl, [_unb64(k) for k in doc["ca_keys"]])
 
 
-class OperatorClient(_Client):
+class OperatorClient(ServiceClient):
     """Operator calls, authenticated with an API key (X-API-Key)."""
 
     def __init__(self, url: str, api_key: str, **kw: Any) -> None:
@@ -131,7 +132,7 @@ class OperatorClient(_Client):
         if body is not None:
             headers["Content-Type"] = "application/json"
             content = json.dumps(body).encode()
-        return self._call(method, path, headers=headers, content=content, params=params)
+        return self.call(method, path, headers=headers, content=content, params=params)
 
     def create_claims(self, fleet: str, *, quota: int = 1, count: int = 1, expires_in: int = 86_400,
                       owner: str = "", roles: Iterable[str] = (), label: str = "",
@@ -175,7 +176,7 @@ class OperatorClient(_Client):
         return PrekeyBundle.from_bytes(_unb64(doc["bundle"]))
 
 
-class DeviceClient(_Client):
+class DeviceClient(ServiceClient):
     """A device's calls: enrollment with proof of possession, then requests signed with its
     identity key IS (the private keys stay in `keystore`; only public keys and signatures are
     sent)."""
@@ -195,14 +196,14 @@ class DeviceClient(_Client):
                registration_lock_pin: str | None = None, trusted_keys: Sequence[bytes] | None = None) -> Enrolled:
         """Claim + fresh challenge + proof of possession (+ hardware evidence): the certificate,
         verified with `trusted_keys` (default: the CA keys the enrollment answer carries)."""
-        challenge = _unb64(self._call("POST", "/enroll/challenge")["challenge"])
+        challenge = _unb64(self.call("POST", "/enroll/challenge")["challenge"])
         fields = enrollment.enrollment_fields(self.keystore, challenge, token, self.device_id, self.fleet,
                                               board_uid, board_key)
         body: dict[str, Any] = {"claim_token": token, "challenge": _b64(challenge), "device_id": self.device_id,
                                 "fleet": self.fleet, **{k: _b64(v) for k, v in fields.items()}}
         if registration_lock_pin is not None:
             body["registration_lock_pin"] = registration_lock_pin
-        doc = self._call("POST", "/enroll", headers={"Content-Type": "application/json"},
+        doc = self.call("POST", "/enroll", headers={"Content-Type": "application/json"},
                          content=json.dumps(body).encode())
         ca_keys = [_unb64(k) for k in doc["ca_keys"]]
         trusted = list(trusted_keys) if trusted_keys is not None else ca_keys
@@ -226,7 +227,7 @@ class DeviceClient(_Client):
         headers = {"X-E2EE-Device": self.device_id, "X-E2EE-Timestamp": str(ts), "X-E2EE-Signature": _b64(signature)}
         if body:
             headers["Content-Type"] = "application/json"
-        return self._call(method, path, headers=headers, content=body or None)
+        return self.call(method, path, headers=headers, content=body or None)
 
     def upload_prekeys(self, *, signed_prekey: bool = True, one_time: int | None = None) -> dict[str, Any]:
         """Publishes the current signed prekey (when asked) and the one-time prekeys not uploaded

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["FIRMWARE", "binary", "compile_sdk", "native_arch"]
+__all__ = ["FIRMWARE", "arch_of", "binary", "compile_sdk", "native_arch"]
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 
@@ -33,11 +33,16 @@ _ARCHES = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em
            8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
 
 
+def arch_of(mpy: int) -> str:
+    """The mpy-cross -march for a MicroPython whose sys.implementation._mpy is `mpy`."""
+    return _ARCHES[(mpy >> 10) & 0x3F]
+
+
 def native_arch(micropython: str | None = None) -> str:
     """The -march of a micropython binary, read from its sys.implementation._mpy."""
     out = subprocess.run([micropython or binary(), "-c", "import sys; print(sys.implementation._mpy)"],
                          capture_output=True, text=True, check=True).stdout
-    return _ARCHES[(int(out) >> 10) & 0x3F]
+    return arch_of(int(out))
 
 
 def compile_sdk(out_dir: Path, arch: str, source: Path = FIRMWARE) -> list[Path]:

@@ -1,0 +1,162 @@
+# The board's side of provisioning (docs/boards.md, "Provisioning"), called by the host's
+# `e2ee provision` through the raw REPL or by an application over the network. Every function
+# returns JSON text; private keys are generated here and never leave the board.
+#
+#   generate(one_time)        new identity keys in e2ee_data/keys (refuses when one exists)
+#   prove(challenge_hex, token, device_id, fleet)
+#                             the POST /enroll fields over the service's challenge
+#   install(path)             stores the enrollment result (a JSON file the host wrote, deleted
+#                             here) after checking it: a certificate for these keys and this
+#                             device id, signed by the CA keys it carries
+#   prekeys(path, ts, spk, new)
+#                             a signed key-directory upload of up to 8 one-time prekeys not
+#                             published yet (call again until it carries none); uploaded(id)
+#                             records what the service accepted
+#   status()                  enrolled or not, device id, fingerprint
+#
+# Each call imports only what it needs: a 120 KB ESP32 heap does not hold the whole SDK at once.
+import binascii
+import json
+
+from e2ee import board
+
+KEYS_DIR = board.DATA_DIR + "/keys"
+CONFIG_DIR = board.DATA_DIR + "/config"
+_KEYSTORE = "keystore"  # the record e2ee.protocol.session.SessionManager opens
+_DEVICE = "device"  # device id, fleet, service, broker credentials, certificate, CA keys, list
+_UPLOADED = "uploaded-opks"  # highest one-time prekey id already published
+_PUBLIC = "public"  # IK.pub || IS.pub, so checks need not load the whole key store
+_DEVICE_ID = "device-id"  # the enrolled device id alone (small to read)
+_UPLOAD_BATCH = 8  # one-time prekeys per signed upload: request bodies stay small in RAM
+
+
+class ProvisionError(Exception):
+    pass
+
+
+def _b64(data):
+    return binascii.b2a_base64(data).decode().strip()
+
+
+def _unb64(text):
+    return binascii.a2b_base64(text)
+
+
+def _store(directory, kind):
+    from e2ee.protocol.store import RecordStore
+    return RecordStore(directory, kind, board.storage_key())
+
+
+def _keystore():
+    from e2ee.protocol.keys import KeyStore
+    from e2ee.protocol.store import NotFound
+    try:
+        return KeyStore.from_bytes(_store(KEYS_DIR, "keys").get(_KEYSTORE))
+    except NotFound:
+        raise ProvisionError("no identity on this board: run generate first")
+
+
+def _device():
+    from e2ee.protocol.store import NotFound
+    try:
+        return json.loads(_store(CONFIG_DIR, "config").get(_DEVICE))
+    except NotFound:
+        return None
+
+
+def generate(one_time=20, force=False):
+    from e2ee.protocol.keys import KeyStore
+    store = _store(KEYS_DIR, "keys")
+    if _KEYSTORE in store.names() and not force:
+        raise ProvisionError("this board already has an identity (generate(force=True) replaces it)")
+    ks = KeyStore.generate(one_time)
+    store.put(_KEYSTORE, ks.to_bytes())
+    config = _store(CONFIG_DIR, "config")
+    config.put(_PUBLIC, ks.ik_pub + ks.is_pub)
+    for name in (_UPLOADED, _DEVICE, _DEVICE_ID):  # a new identity is not enrolled and has published nothing
+        if name in config.names():
+            config.delete(name)
+    return json.dumps({"ik_pub": _b64(ks.ik_pub), "is_pub": _b64(ks.is_pub),
+                       "fingerprint": binascii.hexlify(ks.fingerprint()).decode()})
+
+
+def prove(challenge_hex, token, device_id, fleet):
+    from e2ee.protocol import enrollment
+    uid, key = board.hardware_binding()
+    fields = enrollment.enrollment_fields(_keystore(), binascii.unhexlify(challenge_hex), token, device_id,
+                                          fleet, uid or b"", key)
+    return json.dumps(dict((k, _b64(v)) for k, v in fields.items()))
+
+
+def install(path):
+    import os
+    from e2ee.protocol import certificate
+    with open(path) as f:
+        doc = json.load(f)
+    os.remove(path)  # it holds the broker password: only the encrypted record keeps it
+    config = _store(CONFIG_DIR, "config")
+    public = config.get(_PUBLIC)
+    trusted = [_unb64(k) for k in doc["ca_keys"]]
+    crl = certificate.verify_revocation_list(_unb64(doc["revocation_list"]), trusted, 0)
+    cert = certificate.verify_certificate(_unb64(doc["certificate"]), trusted, doc.get("now"), crl)
+    if cert.device_id != doc["device_id"] or cert.identity_dh + cert.identity_sign != public:
+        raise ProvisionError("the certificate is for other keys or another device id")
+    keep = {}
+    for k in ("device_id", "fleet", "service", "mqtt", "certificate", "ca_keys", "revocation_list"):
+        keep[k] = doc[k]
+    doc = None
+    config.put(_DEVICE, json.dumps(keep).encode())
+    config.put(_DEVICE_ID, cert.device_id.encode())
+    return json.dumps({"device_id": cert.device_id, "fleet": cert.fleet,
+                       "serial": binascii.hexlify(cert.serial).decode(), "not_after": cert.not_after,
+                       "crl_version": crl.version})
+
+
+def prekeys(path, ts, spk=True, new=0):
+    from e2ee.protocol import enrollment
+    from e2ee.protocol.store import NotFound
+    config = _store(CONFIG_DIR, "config")
+    try:
+        device_id = config.get(_DEVICE_ID).decode()
+    except NotFound:
+        raise ProvisionError("not enrolled: install an enrollment first")
+    ks = _keystore()
+    if new:
+        ks.generate_one_time_prekeys(new)
+        _store(KEYS_DIR, "keys").put(_KEYSTORE, ks.to_bytes())
+    try:
+        sent = int(config.get(_UPLOADED))
+    except NotFound:
+        sent = 0
+    opks = []
+    for i, pub in ks.one_time_prekey_publics():
+        if i > sent and len(opks) < _UPLOAD_BATCH:
+            opks.append({"opk_id": i, "opk_pub": _b64(pub)})
+    doc = {"one_time_prekeys": opks}
+    if spk:
+        b = ks.bundle()
+        doc["signed_prekey"] = {"spk_id": b.spk_id, "spk_pub": _b64(b.spk_pub), "spk_sig": _b64(b.spk_sig)}
+    ks = None
+    body = json.dumps(doc)
+    doc = None
+    signature = _keystore().sign(enrollment.request_message("POST", path, ts, device_id, body.encode()))
+    last = opks[-1]["opk_id"] if opks else sent
+    return json.dumps({"body": body, "signature": _b64(signature), "last_opk": last, "count": len(opks)})
+
+
+# After the service accepted an upload: one-time prekeys up to last_opk are published.
+def uploaded(last_opk):
+    _store(CONFIG_DIR, "config").put(_UPLOADED, str(last_opk).encode())
+    return json.dumps({"uploaded": last_opk})
+
+
+def status():
+    from e2ee.protocol.store import NotFound
+    try:
+        ks = _keystore()
+    except (ProvisionError, NotFound):
+        return json.dumps({"identity": False, "enrolled": False})
+    device = _device()
+    return json.dumps({"identity": True, "enrolled": device is not None,
+                       "device_id": device["device_id"] if device else None,
+                       "fingerprint": binascii.hexlify(ks.fingerprint()).decode()})

@@ -1,0 +1,222 @@
+"""Flashing and provisioning a board over its serial port with mpremote's transport (the raw
+REPL, without a soft reset), for real boards and virtual ones alike (docs/boards.md).
+
+    flash(port, app=Path("firmware/examples/app.py"))       # SDK as .mpy into lib/, app as main.py
+    provision(port, url, token, "pump-1", "plant-north")     # keys made on the board, enrollment
+
+Errors are `BoardError` subclasses with what to do: `BoardMissing` (no such port), `BoardBusy`
+(the port answers nothing a REPL would, or another program holds it), `AlreadyEnrolled`,
+`BoardFailed` (code on the board raised; its last traceback line is kept).
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from e2ee_host import micropython as e2ee_micropython
+
+__all__ = ["AlreadyEnrolled", "BoardBusy", "BoardError", "BoardFailed", "BoardLink", "BoardMissing", "flash",
+           "provision"]
+
+Progress = Callable[[str], None]
+
+
+class BoardError(RuntimeError):
+    pass
+
+
+class BoardMissing(BoardError):
+    pass
+
+
+class BoardBusy(BoardError):
+    pass
+
+
+class BoardFailed(BoardError):
+    pass
+
+
+class AlreadyEnrolled(BoardError):
+    pass
+
+
+# Drops the SDK modules earlier calls imported and collects, before the next call imports its own.
+_FRESH = ("import sys, gc\nfor _m in [m for m in sys.modules if m == 'e2ee' or m.startswith('e2ee.')]:\n"
+          "    del sys.modules[_m]\ngc.collect()\n")
+
+
+# Where the enrollment answer waits on the board until provision.install() stores it encrypted.
+_ENROLLMENT_FILE = "e2ee_data/enrollment.json"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class BoardLink:
+    """One raw-REPL connection to a board (no soft reset: what runs on the board keeps its state)."""
+
+    def __init__(self, port: str, timeout: float = 10.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self._transport: Any = None
+
+    def __enter__(self) -> BoardLink:
+        if not os.path.exists(self.port):
+            raise BoardMissing("no board at %s: is it plugged in (or the virtual board running)?" % self.port)
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+        try:
+            # timeout: a read gives up after 1 s, so a silent port ends in our timeout, not a hang
+            self._transport = SerialTransport(self.port, baudrate=115200, timeout=1)
+        except TransportError as e:
+            raise BoardBusy("cannot open %s (another program may hold it): %s" % (self.port, e)) from None
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints what it read on failure
+                self._transport.enter_raw_repl(soft_reset=False, timeout_overall=self.timeout)
+        except TransportError:
+            self._transport.close()
+            raise BoardBusy("the board at %s does not answer with a REPL within %.0f s: it may be busy running "
+                            "an application (press reset) or powered off" % (self.port, self.timeout)) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._transport.exit_raw_repl()
+        finally:
+            self._transport.close()
+
+    def exec(self, code: str, timeout: float | None = None) -> str:
+        from mpremote.transport import TransportError, TransportExecError
+        try:
+            out = self._transport.exec_raw(code, timeout=timeout or 60)
+        except TransportError as e:
+            raise BoardBusy("the board stopped answering: %s" % e) from None
+        stdout, stderr = out
+        if stderr:
+            lines = stderr.decode(errors="replace").strip().splitlines()
+            raise BoardFailed("the board raised: %s" % (lines[-1] if lines else "an error"))
+        return stdout.decode(errors="replace")  # type: ignore[no-any-return]
+
+    def call(self, expression: str, timeout: float | None = None) -> Any:
+        """Runs `print(<expression>)` on the board with the SDK freshly imported (modules an earlier
+        call loaded are dropped first, so a 120 KB heap holds what this call needs); parses the
+        JSON it prints."""
+        out = self.exec(_FRESH + "print(%s)" % expression, timeout)
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise BoardFailed("unexpected answer from the board: %r" % out[-200:]) from None
+
+    def mkdir(self, path: str) -> None:
+        self.exec("import os\ntry:\n os.mkdir(%r)\nexcept OSError:\n pass" % path)
+
+    def put(self, data: bytes, path: str) -> None:
+        self._transport.fs_writefile(path, data)
+
+    def arch(self) -> str:
+        """The -march the board's bytecode needs (from sys.implementation._mpy)."""
+        mpy = int(self.exec("import sys\nprint(sys.implementation._mpy)").strip())
+        return e2ee_micropython.arch_of(mpy)
+
+
+def upload_prekeys(board: BoardLink, service: Any, device_id: str, *, signed_prekey: bool = False,
+                   new: int = 0) -> dict[str, Any]:
+    """Publishes the board's unpublished one-time prekeys (generating `new` first), in batches
+    the board signs; returns the service's inventory."""
+    inventory: dict[str, Any] = {}
+    last_ts = 0
+    while True:
+        ts = max(int(time.time()), last_ts + 1)
+        last_ts = ts
+        signed = board.call("__import__('e2ee.provision').provision.prekeys('/keys', %d, %r, %d)" % (
+            ts, signed_prekey, new), timeout=120)
+        new = 0
+        if signed["count"] == 0 and not signed_prekey:
+            return inventory
+        inventory = service.call("POST", "/keys", content=signed["body"].encode(), headers={
+            "Content-Type": "application/json", "X-E2EE-Device": device_id, "X-E2EE-Timestamp": str(ts),
+            "X-E2EE-Signature": signed["signature"]})
+        board.call("__import__('e2ee.provision').provision.uploaded(%d)" % signed["last_opk"])
+        signed_prekey = False
+        if signed["count"] == 0:
+            return inventory
+
+
+def flash(port: str, app: Path | None = None, *, progress: Progress = _quiet, source: Path | None = None) -> dict[str, int]:
+    """Compiles the SDK for the board's architecture and copies it to lib/ (and `app` to
+    main.py). Returns {"files": n, "bytes": total}."""
+    with BoardLink(port) as board:
+        arch = board.arch()
+        progress("board at %s runs %s bytecode; compiling the SDK" % (port, arch))
+        with tempfile.TemporaryDirectory() as tmp:
+            files = e2ee_micropython.compile_sdk(Path(tmp), arch, **({"source": source} if source else {}))
+            dirs = sorted({str(f.parent.relative_to(tmp)) for f in files})
+            board.mkdir("lib")
+            for d in dirs:
+                parts = Path(d).parts
+                for i in range(1, len(parts) + 1):
+                    board.mkdir("lib/" + "/".join(parts[:i]))
+            total = 0
+            for i, f in enumerate(files, 1):
+                rel = f.relative_to(tmp).as_posix()
+                data = f.read_bytes()
+                board.put(data, "lib/" + rel)
+                total += len(data)
+                progress("[%d/%d] lib/%s (%d bytes)" % (i, len(files), rel, len(data)))
+        if app is not None:
+            data = app.read_bytes()
+            board.put(data, "main.py")
+            total += len(data)
+            progress("main.py (%d bytes) from %s" % (len(data), app))
+        # what the board sees now: the SDK imports from lib/
+        board.exec("import e2ee.board")
+    progress("flashed %d files, %d bytes" % (len(files) + (app is not None), total))
+    return {"files": len(files) + (app is not None), "bytes": total}
+
+
+def provision(port: str, url: str, token: str, device_id: str, fleet: str, *, one_time: int = 20,
+              force: bool = False, progress: Progress = _quiet, trusted_keys: list[bytes] | None = None) -> dict[str, Any]:
+    """Generates the identity on the board, enrolls it with proof of possession (the board signs
+    the service's challenge), stores the result on the board and publishes its prekeys."""
+    from e2ee_host.client import ServiceClient
+    service = ServiceClient(url)
+    with BoardLink(port, timeout=15) as board:
+        status = board.call("__import__('e2ee.provision').provision.status()")
+        if status["enrolled"] and not force:
+            raise AlreadyEnrolled("the board is already enrolled as %s (use --force to enroll it again with "
+                                  "new keys)" % status["device_id"])
+        progress("generating identity keys on the board (they never leave it)")
+        public = board.call("__import__('e2ee.provision').provision.generate(%d, %r)" % (one_time, force),
+                            timeout=120)
+        progress("identity fingerprint %s" % public["fingerprint"])
+        try:
+            challenge = base64.b64decode(service.call("POST", "/enroll/challenge")["challenge"])
+            progress("the board signs the service's challenge (proof of possession)")
+            fields = board.call("__import__('e2ee.provision').provision.prove(%r, %r, %r, %r)" % (
+                challenge.hex(), token, device_id, fleet), timeout=60)
+            body = {"claim_token": token, "challenge": base64.b64encode(challenge).decode(), "device_id": device_id,
+                    "fleet": fleet, **fields}
+            result = service.call("POST", "/enroll", headers={"Content-Type": "application/json"},
+                                   content=json.dumps(body).encode())
+            if trusted_keys is not None and not set(trusted_keys) <= {base64.b64decode(k) for k in result["ca_keys"]}:
+                raise BoardError("the service's CA keys differ from the pinned ones")
+            progress("enrolled: certificate %s; storing it on the board" % result["serial"])
+            doc = dict(result, service=url, now=int(time.time()))
+            board.put(json.dumps(doc).encode(), _ENROLLMENT_FILE)
+            installed = board.call("__import__('e2ee.provision').provision.install(%r)" % _ENROLLMENT_FILE,
+                                   timeout=60)
+            inventory = upload_prekeys(board, service, device_id, signed_prekey=True)
+            progress("published the signed prekey and %d one-time prekeys" % inventory["one_time_prekeys"])
+        finally:
+            service.close()
+    return {**installed, "fingerprint": public["fingerprint"], "one_time_prekeys": inventory["one_time_prekeys"]}

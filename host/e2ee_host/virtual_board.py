@@ -1,0 +1,204 @@
+"""A virtual board: the MicroPython unix port behind a pseudo-terminal, reachable by `mpremote`
+exactly like a board on a USB serial port (docs/boards.md, "Virtual board").
+
+    with VirtualBoard(flash_dir, profile="esp32") as board:
+        subprocess.run(["mpremote", "connect", board.port, "resume", "exec", "print(1)"])
+        board.power_cut()   # SIGKILL: RAM is gone, the flash directory stays
+        board.boot()        # a fresh interpreter on the same flash
+
+Two pty pairs and a relay thread: the interpreter's stdin/stdout/stderr is one pty (so it runs its
+interactive REPL, raw REPL included, as on a board's UART), and `port` is the other one, which
+stays the same across power cuts (a USB-serial adapter that stays plugged in); bytes sent while
+the board is off are lost, as on a real line. The interpreter's working directory is the flash
+directory, and `lib/` in it is on sys.path, as on ESP32 and RP2040 boards; the heap is capped at
+the board profile's budget.
+"""
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import threading
+import time
+import tty
+from pathlib import Path
+
+from e2ee_host import micropython as e2ee_micropython
+
+__all__ = ["BOARD_PROFILES", "BoardProfile", "VirtualBoard", "VirtualBoardError"]
+
+
+class VirtualBoardError(RuntimeError):
+    pass
+
+
+class BoardProfile:
+    """What the SDK must fit on a board: the MicroPython heap left for it, and the -march of its
+    .mpy files (boards/README.md has the sources of these figures)."""
+
+    def __init__(self, name: str, heap: str, arch: str | None, description: str) -> None:
+        self.name, self.heap, self.arch, self.description = name, heap, arch, description
+
+    def __repr__(self) -> str:
+        return "<BoardProfile %s heap=%s arch=%s>" % (self.name, self.heap, self.arch or "native")
+
+
+# A board runs the SDK frozen into its firmware: bytecode and viper code stay in flash and cost no
+# heap. The stock unix binary cannot freeze it, so a virtual board loads the SDK as .mpy files
+# into RAM (about 113 KB for the whole stack, docs/performance.md); it gets this much heap on top
+# of the profile's budget, leaving the application what it would have on the board. A binary
+# with the SDK frozen (sdk="frozen", docs/performance.md has the recipe) runs at the budget.
+MPY_SDK_HEAP_KB = 128
+
+BOARD_PROFILES = {
+    # ESP32-WROOM without PSRAM: about 120 KB of MicroPython heap once Wi-Fi is up.
+    "esp32": BoardProfile("esp32", "120K", "xtensawin", "ESP32 (no PSRAM), 120 KB heap"),
+    # RP2040 Pico W: 264 KB SRAM; about 160 KB of heap with the CYW43 Wi-Fi driver running.
+    "rp2040": BoardProfile("rp2040", "160K", "armv6m", "RP2040 Pico W, 160 KB heap"),
+    # the unix port itself, no budget to speak of
+    "unix": BoardProfile("unix", "1024K", None, "MicroPython unix port, 1 MB heap"),
+}
+
+
+class VirtualBoard:
+    def __init__(self, flash_dir: str | os.PathLike[str], profile: str = "esp32",
+                 micropython: str | None = None, heap: str | None = None, sdk: str = "mpy") -> None:
+        if profile not in BOARD_PROFILES:
+            raise VirtualBoardError("unknown board profile %r (one of %s)" % (profile, ", ".join(BOARD_PROFILES)))
+        self.profile = BOARD_PROFILES[profile]
+        self.flash = Path(flash_dir)
+        self.flash.mkdir(parents=True, exist_ok=True)
+        if sdk not in ("mpy", "frozen"):
+            raise VirtualBoardError("sdk must be 'mpy' (loaded into RAM) or 'frozen' (in the binary)")
+        self.sdk = sdk
+        self.heap = heap or (self.profile.heap if sdk == "frozen" else
+                             "%dK" % (int(self.profile.heap[:-1]) + MPY_SDK_HEAP_KB))
+        self.binary = micropython or e2ee_micropython.binary()
+        # the serial side mpremote talks to
+        self._port_master, self._port_slave = pty.openpty()
+        tty.setraw(self._port_master)
+        tty.setraw(self._port_slave)
+        self.port = os.ttyname(self._port_slave)
+        self._board_master: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._banner_seen = threading.Event()
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._relay = threading.Thread(target=self._pump, name="virtual-board-relay", daemon=True)
+        self._relay.start()
+        self.boots = 0
+
+    def __repr__(self) -> str:
+        return "<VirtualBoard %s %s on %s>" % (self.profile.name, "on" if self.running else "off", self.port)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def boot(self) -> VirtualBoard:
+        """Powers the board on: a fresh interpreter on the flash directory."""
+        if self.running:
+            raise VirtualBoardError("the board is already running")
+        master, slave = pty.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        self._banner_seen.clear()
+        env = dict(os.environ, MICROPYPATH="lib:.frozen")
+        self._proc = subprocess.Popen([self.binary, "-X", "heapsize=" + self.heap], stdin=slave, stdout=slave,
+                                      stderr=slave, cwd=self.flash, env=env, start_new_session=True)
+        os.close(slave)
+        with self._lock:
+            self._board_master = master
+        os.write(self._wake_w, b"b")
+        self.boots += 1
+        self._await_prompt()
+        return self
+
+    def _await_prompt(self, timeout: float = 10.0) -> None:
+        # the REPL banner ends with ">>> "; wait for the process to be up before mpremote talks
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise VirtualBoardError("micropython exited at boot (%s)" % self._proc.returncode  # type: ignore[union-attr]
+                                        if self._proc else "micropython did not start")
+            if self._banner_seen.is_set():
+                return
+            time.sleep(0.02)
+        raise VirtualBoardError("no REPL prompt from the virtual board within %.0f s" % timeout)
+
+    def power_cut(self) -> None:
+        """SIGKILL: whatever was in RAM is lost; files written so far stay on the flash."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self._detach()
+
+    def reboot(self) -> VirtualBoard:
+        self.power_cut()
+        return self.boot()
+
+    def _detach(self) -> None:
+        with self._lock:
+            master, self._board_master = self._board_master, None
+        if master is not None:
+            os.close(master)
+        os.write(self._wake_w, b"d")
+
+    def stop(self) -> None:
+        self.power_cut()
+        self._closed = True
+        os.write(self._wake_w, b"x")
+        self._relay.join(5)
+        for fd in (self._port_master, self._port_slave, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> VirtualBoard:
+        return self.boot()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # Relay between the serial side and the running interpreter's pty. While the board is off,
+    # what the host sends is dropped, as on a powered-down UART.
+    def _pump(self) -> None:
+        while not self._closed:
+            with self._lock:
+                board = self._board_master
+            fds = [self._port_master, self._wake_r] + ([board] if board is not None else [])
+            try:
+                ready, _, _ = select.select(fds, [], [])
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
+                continue
+            if board is not None and board in ready:
+                try:
+                    data = os.read(board, 4096)
+                except OSError:  # the interpreter died: its pty reports EIO
+                    data = b""
+                if not data:
+                    if self._proc is not None and self._proc.poll() is not None:
+                        self._detach()
+                    continue
+                if b">>> " in data:
+                    self._banner_seen.set()
+                os.write(self._port_master, data)
+            if self._port_master in ready:
+                try:
+                    data = os.read(self._port_master, 4096)
+                except OSError:
+                    return
+                if board is not None and data:
+                    try:
+                        os.write(board, data)
+                    except OSError:
+                        pass
