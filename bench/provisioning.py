@@ -18,6 +18,7 @@ import os
 import secrets
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,8 +48,9 @@ def _run(clients: int, jobs: list[Callable[[httpx.Client], None]], url: str) -> 
     local: dict[int, httpx.Client] = {}
 
     def one(job: Callable[[httpx.Client], None]) -> float:
-        import threading
-        client = local.setdefault(threading.get_ident(), httpx.Client(base_url=url, timeout=60))
+        client = local.get(threading.get_ident())
+        if client is None:  # one client (and connection) per thread, made once
+            client = local[threading.get_ident()] = httpx.Client(base_url=url, timeout=60)
         t = time.perf_counter()
         job(client)
         return time.perf_counter() - t
