@@ -1,0 +1,8 @@
+# Freeze manifest of RP2040 (Pico W) firmware with the e2ee-iot SDK (boards/README.md, "Building
+# firmware"): the port's own modules (Pico W: network, the CYW43 driver), the MQTT client from
+# micropython-lib, and the SDK as frozen bytecode.
+#   make -C ports/rp2 BOARD=RPI_PICO_W FROZEN_MANIFEST=<repo>/boards/rp2040/manifest.py \
+#       USER_C_MODULES=<repo>/firmware/cmodules/micropython.cmake
+include("$(PORT_DIR)/boards/manifest.py")
+require("umqtt.simple")
+package("e2ee", base_path="../../firmware")
