@@ -169,6 +169,7 @@ class VirtualBoard:
     # Relay between the serial side and the running interpreter's pty. While the board is off,
     # what the host sends is dropped, as on a powered-down UART.
     def _pump(self) -> None:
+        tail = b""
         while not self._closed:
             with self._lock:
                 board = self._board_master
@@ -189,8 +190,9 @@ class VirtualBoard:
                     if self._proc is not None and self._proc.poll() is not None:
                         self._detach()
                     continue
-                if b">>> " in data:
+                if b">>> " in tail + data:  # the prompt may arrive split across reads
                     self._banner_seen.set()
+                tail = data[-4:]
                 os.write(self._port_master, data)
             if self._port_master in ready:
                 try:
