@@ -12,6 +12,7 @@ certificates and revocation lists are verified with the Fleet CA keys before the
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -114,6 +115,21 @@ class ServiceClient:
         data = _unb64(doc["revocation_list"])
         crl = certificate.verify_revocation_list(data, list(trusted_keys), last_version)
         return RevocationListInfo(data, crl, [_unb64(k) for k in doc["ca_keys"]])
+
+
+    def backup_params(self, device_id: str) -> dict[str, Any]:
+        """Salt and Argon2id parameters of a device's backup (what a restore derives its token from)."""
+        return self.call("GET", "/backups/%s/params" % device_id)  # type: ignore[no-any-return]
+
+    def fetch_backup(self, device_id: str, auth: bytes) -> bytes:
+        """The sealed blob, for the token e2ee_host.backup.auth_token() derives from the passphrase."""
+        try:
+            r = self.http.post("/backups/%s/fetch" % device_id, json={"auth": _b64(auth)})
+        except httpx.HTTPError as e:
+            raise ApiError(0, "service unreachable at %s: %s" % (self.http.base_url, type(e).__name__)) from None
+        if r.status_code >= 400:
+            raise ApiError(r.status_code, r.json().get("detail", r.text))
+        return r.content
 
 
 class OperatorClient(ServiceClient):
@@ -220,13 +236,13 @@ class DeviceClient(ServiceClient):
         self._last_ts = max(int(time.time()), self._last_ts + 1)
         return self._last_ts
 
-    def signed(self, method: str, path: str, body: bytes = b"") -> Any:
+    def signed(self, method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> Any:
         """A request signed with IS (docs/provisioning.md, "Authentication")."""
         ts = self._timestamp()
         signature = self.keystore.sign(enrollment.request_message(method, path, ts, self.device_id, body))
         headers = {"X-E2EE-Device": self.device_id, "X-E2EE-Timestamp": str(ts), "X-E2EE-Signature": _b64(signature)}
         if body:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         return self.call(method, path, headers=headers, content=body or None)
 
     def upload_prekeys(self, *, signed_prekey: bool = True, one_time: int | None = None) -> dict[str, Any]:
@@ -258,3 +274,8 @@ class DeviceClient(ServiceClient):
 
     def remove_registration_lock(self) -> None:
         self.signed("DELETE", "/me/registration-lock")
+
+    def put_backup(self, blob: bytes, auth: bytes) -> dict[str, Any]:
+        """Stores this device's sealed backup (e2ee_host.backup.seal) with the hash of its token."""
+        return self.signed("PUT", "/backups/%s" % self.device_id,  # type: ignore[no-any-return]
+                           hashlib.sha256(auth).digest() + blob, content_type="application/octet-stream")

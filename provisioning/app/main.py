@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from e2ee_host.fleet_ca import FileCAKeystore
-from e2ee_provisioning.api.routes import ca, claims, devices, enrollment, health, keys, me, metrics, revocations
+from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, health, keys, me, metrics, revocations
 from e2ee_provisioning.core.authority import ensure_revocation_list
+from e2ee_provisioning.core.blobstore import make_blob_store
 from e2ee_provisioning.core.broker import BrokerAdmin
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.db import make_engine, make_sessionmaker, run_migrations
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     app.state.enroll_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
     app.state.ca = FileCAKeystore(settings.ca_path)
     app.state.broker = broker
-    for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations):
+    app.state.blobs = make_blob_store(settings)
+    for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups):
         app.include_router(module.router)
     return app

@@ -17,7 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "Base", "Certificate", "Device", "EnrollmentChallenge", "EnrollmentClaim", "OneTimePrekey", "Revocation",
+    "Backup", "BackupFetch", "BackupParams", "Base", "Certificate", "Device", "EnrollmentChallenge", "EnrollmentClaim", "OneTimePrekey", "Revocation",
     "RevocationListRecord", "SignedPrekey",
     "B64Bytes", "ChallengePublic", "ClaimCreate", "ClaimPublic", "ClaimsCreated", "CertificateStatus",
     "DevicePublic", "EnrollmentRequest", "EnrollmentResult", "MqttCredentials", "RegistrationLockSet",
@@ -121,6 +121,25 @@ class Certificate(Base):
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoke_reason: Mapped[str] = mapped_column(String(128), default="")
+
+
+class Backup(Base):
+    """A device's encrypted backup (docs/backup.md): the blob lives in the blob store; the row
+    holds what a restore needs before it can decrypt (salt, Argon2id parameters) and SHA-256 of
+    the fetch token."""
+    __tablename__ = "backups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), unique=True)
+    blob_name: Mapped[str] = mapped_column(String(80))
+    size: Mapped[int] = mapped_column(Integer)
+    salt: Mapped[bytes] = mapped_column(LargeBinary(16))
+    memory_kib: Mapped[int] = mapped_column(Integer)
+    iterations: Mapped[int] = mapped_column(Integer)
+    lanes: Mapped[int] = mapped_column(Integer)
+    auth_sha256: Mapped[str] = mapped_column(String(64))
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class RevocationListRecord(Base):
@@ -340,6 +359,20 @@ class CertificateStatus(BaseModel):
     not_after: int
     revoked_at: datetime | None
     revoke_reason: str
+
+
+class BackupParams(BaseModel):
+    salt: B64Bytes
+    memory_kib: int
+    iterations: int
+    lanes: int
+    size: int
+    updated_at: datetime
+
+
+class BackupFetch(BaseModel):
+    # the fetch token derived from the passphrase (e2ee_host.backup.auth_token)
+    auth: Key32
 
 
 class RegistrationLockSet(BaseModel):

@@ -23,7 +23,7 @@ from e2ee_provisioning.core.security import operator_key_matches, signed_request
 from e2ee_provisioning.models import Device, Revocation
 
 __all__ = [
-    "AuthenticatedDevice", "BundleRateLimit", "CADep", "DeviceAuth", "EnrollRateLimit", "MetricsDep",
+    "AuthenticatedDevice", "BundleRateLimit", "CADep", "DeviceBackupAuth", "DeviceAuth", "EnrollRateLimit", "MetricsDep",
     "OperatorAuth", "Requester", "RequesterAuth", "SessionDep", "SettingsDep", "accept_signed_write",
     "device_is_revoked",
 ]
@@ -78,12 +78,22 @@ OperatorAuth = Depends(require_operator)
 
 # --- devices --------------------------------------------------------------------------------
 
-async def raw_body(request: Request, settings: SettingsDep) -> bytes:
+async def _limited_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "body of %s bytes exceeds %d" % (declared, limit))
     body = await request.body()
-    if len(body) > settings.max_upload_bytes:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            "body of %d bytes exceeds %d" % (len(body), settings.max_upload_bytes))
+    if len(body) > limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "body of %d bytes exceeds %d" % (len(body), limit))
     return body
+
+
+async def raw_body(request: Request, settings: SettingsDep) -> bytes:
+    return await _limited_body(request, settings.max_upload_bytes)
+
+
+async def backup_body(request: Request, settings: SettingsDep) -> bytes:
+    return await _limited_body(request, settings.max_backup_bytes)
 
 
 @dataclass(frozen=True)
@@ -136,18 +146,35 @@ class AuthenticatedDevice:
     timestamp: int  # the signed timestamp; writes store it as the device's newest (no replay)
 
 
-def require_device(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep,
-                   body: Annotated[bytes, Depends(raw_body)],
-                   x_e2ee_device: Annotated[str | None, Header()] = None,
-                   x_e2ee_timestamp: Annotated[str | None, Header()] = None,
-                   x_e2ee_signature: Annotated[str | None, Header()] = None) -> AuthenticatedDevice:
-    signed = _signed_headers(x_e2ee_device, x_e2ee_timestamp, x_e2ee_signature, metrics)
+def _require_device(request: Request, session: Session, settings: Settings, metrics: Metrics, body: bytes,
+                    device: str | None, timestamp: str | None, signature: str | None) -> AuthenticatedDevice:
+    signed = _signed_headers(device, timestamp, signature, metrics)
     if signed is None:
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "device signature required (X-E2EE-Signature)")
     return AuthenticatedDevice(_verify_device(request, session, settings, metrics, signed, body), signed.timestamp)
 
 
+def require_device(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep,
+                   body: Annotated[bytes, Depends(raw_body)],
+                   x_e2ee_device: Annotated[str | None, Header()] = None,
+                   x_e2ee_timestamp: Annotated[str | None, Header()] = None,
+                   x_e2ee_signature: Annotated[str | None, Header()] = None) -> AuthenticatedDevice:
+    return _require_device(request, session, settings, metrics, body, x_e2ee_device, x_e2ee_timestamp,
+                           x_e2ee_signature)
+
+
+def require_device_backup(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep,
+                          body: Annotated[bytes, Depends(backup_body)],
+                          x_e2ee_device: Annotated[str | None, Header()] = None,
+                          x_e2ee_timestamp: Annotated[str | None, Header()] = None,
+                          x_e2ee_signature: Annotated[str | None, Header()] = None) -> AuthenticatedDevice:
+    """A device-signed request whose body may be as large as a backup blob."""
+    return _require_device(request, session, settings, metrics, body, x_e2ee_device, x_e2ee_timestamp,
+                           x_e2ee_signature)
+
+
 DeviceAuth = Annotated[AuthenticatedDevice, Depends(require_device)]
+DeviceBackupAuth = Annotated[AuthenticatedDevice, Depends(require_device_backup)]
 
 
 def accept_signed_write(session: Session, auth: AuthenticatedDevice) -> bool:

@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     # empty host: enrollment issues no MQTT credentials.
     mqtt_host: str = ""
     mqtt_port: int = Field(8883, ge=1, le=65535)
+    # Encrypted backups (docs/backup.md): where blobs go ("file": backup_dir, default
+    # data_dir/backups; "s3": an S3-compatible bucket through boto3, credentials from the usual
+    # AWS_* variables), the largest blob, and wrong fetch attempts before the backup locks.
+    backup_store: Literal["file", "s3"] = "file"
+    backup_dir: Path | None = None
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    max_backup_bytes: int = Field(4 * 1024 * 1024 + 64, ge=1024)
+    backup_fetch_attempts: int = Field(10, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -78,6 +88,8 @@ class Settings(BaseSettings):
         if not self.operator_key_hashes():
             raise ValueError("no operator API key configured")
         self.factory_key_list()
+        if self.backup_store == "s3" and not self.s3_bucket:
+            raise ValueError("E2EE_PROV_BACKUP_STORE=s3 needs E2EE_PROV_S3_BUCKET")
         return self
 
     def operator_key_hashes(self) -> frozenset[str]:

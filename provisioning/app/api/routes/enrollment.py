@@ -115,11 +115,11 @@ def _check_registration_lock(session: Session, device: Device, req: EnrollmentRe
     if req.registration_lock_pin is None:
         raise _refuse(metrics, status.HTTP_423_LOCKED, "registration lock: this identity needs its PIN")
     if not pin_matches(req.registration_lock_pin, device.lock_hash):
+        left = settings.registration_lock_attempts - device.lock_failures - 1
         session.execute(update(Device).where(Device.id == device.id)
                         .values(lock_failures=Device.lock_failures + 1))
         session.commit()
         metrics.inc("e2ee_registration_lock_failures_total")
-        left = settings.registration_lock_attempts - device.lock_failures - 1
         raise _refuse(metrics, status.HTTP_423_LOCKED, "registration lock: wrong PIN (%d attempts left)" % left)
 
 

@@ -1,0 +1,176 @@
+"""Encrypted backup of a client's state (docs/backup.md): identity, sessions and settings sealed on
+the client under a key from the user's passphrase (Argon2id, RFC 9106) with ChaCha20-Poly1305
+(RFC 8439), so the service that stores the blob cannot read it.
+
+    archive = export_state(install_dir, storage_key)               # the records, in clear, in RAM
+    blob, auth = seal(archive, passphrase)                          # what the service stores
+    archive = open_blob(blob, passphrase)                           # WrongPassphrase otherwise
+    import_state(archive, new_install_dir, new_storage_key)         # records re-encrypted at rest
+
+Blob (all integers big-endian):
+    "E2EEBK" | version 1 | kdf 1 (Argon2id v1.3) | memory KiB (u32) | iterations (u32) |
+    lanes (u8) | salt (16) | nonce (12) | ciphertext || tag (16)
+The header up to the nonce is the AEAD's associated data, so parameters cannot be swapped. From
+master = Argon2id(passphrase, salt, params, 32 bytes):
+    key  = HKDF-SHA256(master, salt, "e2ee-iot backup key v1", 32)   seals the archive
+    auth = HKDF-SHA256(master, salt, "e2ee-iot backup auth v1", 32)  proves knowledge of the
+           passphrase to the service when fetching the blob (it keeps SHA-256(auth) only)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from e2ee import crypto
+from e2ee.crypto.errors import InvalidTag
+from e2ee.protocol.store import RecordStore
+
+__all__ = ["HOST_PARAMS", "BackupError", "KdfParams", "WrongPassphrase", "auth_hash", "auth_token", "export_state",
+           "import_state", "open_blob", "read_params", "seal"]
+
+MAGIC = b"E2EEBK"
+VERSION = 1
+KDF_ARGON2ID = 1
+SALT_SIZE = 16
+_HEADER = struct.Struct(">6sBBIIB16s")  # magic, version, kdf, memory KiB, iterations, lanes, salt
+_NONCE = 12
+MAX_BLOB = 4 * 1024 * 1024
+_KEY_INFO = b"e2ee-iot backup key v1"
+_AUTH_INFO = b"e2ee-iot backup auth v1"
+# Record stores of an install, by directory name (the directory name is the store's kind).
+STORES = ("keys", "sessions", "config")
+
+
+class BackupError(ValueError):
+    pass
+
+
+class WrongPassphrase(BackupError):
+    """The passphrase does not open this backup (or the blob was altered)."""
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    memory_kib: int
+    iterations: int
+    lanes: int
+
+    def check(self) -> None:
+        if not (8 * self.lanes <= self.memory_kib <= 4 * 1024 * 1024 and 1 <= self.iterations <= 64
+                and 1 <= self.lanes <= 16):
+            raise BackupError("Argon2id parameters out of range: %r" % (self,))
+
+
+# RFC 9106 §4, second recommended option (64 MiB, 3 passes, 4 lanes): about 0.2 s on this host.
+# Boards do not run Argon2id (64 MiB is 500 times an ESP32's heap); docs/backup.md says how a
+# board's state is backed up with a host's help.
+HOST_PARAMS = KdfParams(64 * 1024, 3, 4)
+
+
+def _keys(passphrase: str, salt: bytes, params: KdfParams) -> tuple[bytes, bytes]:
+    params.check()
+    if not passphrase:
+        raise BackupError("an empty passphrase protects nothing")
+    master = Argon2id(salt=salt, length=32, iterations=params.iterations, lanes=params.lanes,
+                      memory_cost=params.memory_kib).derive(passphrase.encode())
+    return (bytes(crypto.hkdf_sha256(master, salt, _KEY_INFO, 32)),
+            bytes(crypto.hkdf_sha256(master, salt, _AUTH_INFO, 32)))
+
+
+def seal(archive: bytes, passphrase: str, params: KdfParams = HOST_PARAMS) -> tuple[bytes, bytes]:
+    """(blob, auth): the sealed archive and the token that lets its owner fetch it again."""
+    salt = os.urandom(SALT_SIZE)
+    key, auth = _keys(passphrase, salt, params)
+    header = _HEADER.pack(MAGIC, VERSION, KDF_ARGON2ID, params.memory_kib, params.iterations, params.lanes, salt)
+    nonce = os.urandom(_NONCE)  # a fresh salt makes a fresh key per backup; the nonce is random too
+    blob = header + nonce + bytes(crypto.aead_encrypt(key, nonce, archive, header))
+    if len(blob) > MAX_BLOB:
+        raise BackupError("backup of %d bytes exceeds %d" % (len(blob), MAX_BLOB))
+    return blob, auth
+
+
+def read_params(blob: bytes) -> tuple[bytes, KdfParams]:
+    """(salt, params) from a blob's header; BackupError when it is not a version 1 backup."""
+    if len(blob) < _HEADER.size + _NONCE + 16 or len(blob) > MAX_BLOB:
+        raise BackupError("not an e2ee-iot backup (size %d)" % len(blob))
+    magic, version, kdf, memory, iterations, lanes, salt = _HEADER.unpack_from(blob)
+    if magic != MAGIC or version != VERSION or kdf != KDF_ARGON2ID:
+        raise BackupError("not an e2ee-iot backup of version %d with Argon2id" % VERSION)
+    params = KdfParams(memory, iterations, lanes)
+    params.check()
+    return salt, params
+
+
+def auth_token(salt: bytes, params: KdfParams, passphrase: str) -> bytes:
+    """The fetch token for a backup with this salt and parameters (restore on a new install)."""
+    return _keys(passphrase, salt, params)[1]
+
+
+def open_blob(blob: bytes, passphrase: str) -> bytes:
+    salt, params = read_params(blob)
+    key, _ = _keys(passphrase, salt, params)
+    header, nonce, sealed = blob[:_HEADER.size], blob[_HEADER.size:_HEADER.size + _NONCE], blob[_HEADER.size + _NONCE:]
+    try:
+        return bytes(crypto.aead_decrypt(key, nonce, sealed, header))
+    except InvalidTag:
+        raise WrongPassphrase("wrong passphrase, or the backup was altered") from None
+
+
+# --- the archive: every record of the install's stores, length-prefixed -------------------
+
+def export_state(directory: str | os.PathLike[str], storage_key: bytes) -> bytes:
+    """The plaintext of every record under `directory` (stores keys/, sessions/, config/):
+    kind(1+n) name(1+n) data(4+n) per record, "E2EEAR1" first."""
+    out = [b"E2EEAR1"]
+    for kind in STORES:
+        path = Path(directory) / kind
+        if not path.is_dir():
+            continue
+        store = RecordStore(str(path), kind, storage_key)
+        for name in store.names():
+            data = bytes(store.get(name))
+            out += [bytes((len(kind),)), kind.encode(), bytes((len(name),)), name.encode(),
+                    struct.pack(">I", len(data)), data]
+    return b"".join(out)
+
+
+def import_state(archive: bytes, directory: str | os.PathLike[str], storage_key: bytes) -> int:
+    """Writes the archive's records into `directory`, encrypted with this install's storage key;
+    returns how many. Refuses a directory that already holds records."""
+    if archive[:7] != b"E2EEAR1":
+        raise BackupError("not an e2ee-iot state archive")
+    records = []
+    pos = 7
+    try:
+        while pos < len(archive):
+            n = archive[pos]
+            kind = archive[pos + 1:pos + 1 + n].decode()
+            pos += 1 + n
+            n = archive[pos]
+            name = archive[pos + 1:pos + 1 + n].decode()
+            pos += 1 + n
+            (size,) = struct.unpack_from(">I", archive, pos)
+            data = archive[pos + 4:pos + 4 + size]
+            if len(data) != size or kind not in STORES:
+                raise BackupError("archive record %s/%s is damaged" % (kind, name))
+            records.append((kind, name, data))
+            pos += 4 + size
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise BackupError("archive is truncated") from None
+    for kind in STORES:
+        if (Path(directory) / kind).is_dir() and RecordStore(str(Path(directory) / kind), kind, storage_key).names():
+            raise BackupError("%s already holds %s records: restore into a new install" % (directory, kind))
+    stores: dict[str, RecordStore] = {}
+    for kind, name, data in records:
+        store = stores.setdefault(kind, RecordStore(str(Path(directory) / kind), kind, storage_key))
+        store.put(name, data)
+    return len(records)
+
+
+def auth_hash(auth: bytes) -> str:
+    return hashlib.sha256(auth).hexdigest()
