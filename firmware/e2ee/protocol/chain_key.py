@@ -30,7 +30,8 @@ def advance(ck):
 
 
 # Message key expansion (§3): returns (AEAD key, nonce). Each message key encrypts exactly one
-# message, so a nonce never repeats under one AEAD key.
-def expand(mk):
-    okm = memoryview(crypto.hkdf_sha256(mk, _ZERO_SALT, MESSAGE_INFO, _EXPANDED_SIZE))
+# message, so a nonce never repeats under one AEAD key. Sender-key chains (§7) expand with their
+# own info string.
+def expand(mk, info=MESSAGE_INFO):
+    okm = memoryview(crypto.hkdf_sha256(mk, _ZERO_SALT, info, _EXPANDED_SIZE))
     return okm[:AEAD_KEY_SIZE], okm[AEAD_KEY_SIZE:]
