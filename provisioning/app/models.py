@@ -17,7 +17,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "Backup", "BackupFetch", "BackupParams", "Base", "Certificate", "Device", "EnrollmentChallenge", "EnrollmentClaim", "OneTimePrekey", "Revocation",
+    "Backup", "BackupFetch", "BackupParams", "Base", "Certificate", "Device", "DeviceIdentity", "Link", "LinkApproval",
+    "OwnerDevicePublic", "RendezvousMessage", "EnrollmentChallenge", "EnrollmentClaim", "OneTimePrekey", "Revocation",
     "RevocationListRecord", "SignedPrekey",
     "B64Bytes", "ChallengePublic", "ClaimCreate", "ClaimPublic", "ClaimsCreated", "CertificateStatus",
     "DevicePublic", "EnrollmentRequest", "EnrollmentResult", "MqttCredentials", "RegistrationLockSet",
@@ -140,6 +141,31 @@ class Backup(Base):
     auth_sha256: Mapped[str] = mapped_column(String(64))
     failures: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Link(Base):
+    """A device linked to its owner by the owner's primary (docs/linking.md), with the primary's
+    signature over e2ee.protocol.linking.approval_message()."""
+    __tablename__ = "links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(FLEET_MAX), index=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), unique=True)
+    primary_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    approval: Mapped[bytes] = mapped_column(LargeBinary(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RendezvousMessage(Base):
+    """One sealed linking-channel message waiting for the other side (short-lived)."""
+    __tablename__ = "rendezvous"
+    __table_args__ = (UniqueConstraint("channel", "slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    slot: Mapped[str] = mapped_column(String(8))
+    data: Mapped[bytes] = mapped_column(LargeBinary(2048))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class RevocationListRecord(Base):
@@ -373,6 +399,33 @@ class BackupParams(BaseModel):
 class BackupFetch(BaseModel):
     # the fetch token derived from the passphrase (e2ee_host.backup.auth_token)
     auth: Key32
+
+
+class LinkApproval(BaseModel):
+    owner: Annotated[str, Field(min_length=1, max_length=FLEET_MAX, pattern=r"^[A-Za-z0-9._-]+$")]
+    device_id: DeviceIdStr
+    fingerprint: Annotated[B64Bytes, Field(min_length=16, max_length=16)]
+    # Ed25519 by the primary's IS over e2ee.protocol.linking.approval_message(owner, device_id, fingerprint)
+    approval: Annotated[B64Bytes, Field(min_length=64, max_length=64)]
+
+
+class DeviceIdentity(BaseModel):
+    device_id: str
+    fleet: str
+    ik_pub: B64Bytes
+    is_pub: B64Bytes
+    # the newest unrevoked SignedCertificate, base64
+    certificate: B64Bytes
+
+
+class OwnerDevicePublic(BaseModel):
+    device_id: str
+    fleet: str
+    ik_pub: B64Bytes
+    is_pub: B64Bytes
+    fingerprint: str
+    primary: str | None  # the device that approved the link; None for the owner's enrolled primary
+    approval: B64Bytes | None
 
 
 class RegistrationLockSet(BaseModel):

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from e2ee_provisioning.api.deps import CADep, MetricsDep, OperatorAuth, SessionDep, device_is_revoked
 from e2ee_provisioning.core.authority import publish_revocation_list
 from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
+from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.models import (
     Certificate, Device, DevicePublic, OneTimePrekey, Revocation, RevokeRequest, RevokeResult, SignedPrekey, utcnow,
 )
@@ -84,18 +85,15 @@ def revoke(session: Session, device: Device, reason: str, ca: object) -> tuple[l
     raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "revocation list is contended; retry")
 
 
-@router.post("/{device_id}/revoke", response_model=RevokeResult)
-def post_revoke(device_id: str, body: RevokeRequest, request: Request, session: SessionDep, ca: CADep,
-                metrics: MetricsDep) -> RevokeResult:
-    """Revokes a device: no more bundles or signed requests, its certificates on the next signed
-    revocation list, its broker client disabled. A revoked identity cannot enroll again."""
-    device = _device(session, device_id)
+def revoke_and_notify(request: Request, session: Session, ca: object, metrics: Metrics, device: Device,
+                      reason: str) -> RevokeResult:
+    """Revokes (409 when already revoked), then disables the device's broker client."""
     if device_is_revoked(session, device):
         raise HTTPException(status.HTTP_409_CONFLICT, "device is already revoked")
-    serials, version = revoke(session, device, body.reason, ca)
+    serials, version = revoke(session, device, reason, ca)
     metrics.inc("e2ee_revocations_total")
-    log.info("revoked %s (%d certificates); revocation list version %d", device.device_id, len(serials), version)
     metrics.inc("e2ee_revocation_lists_signed_total")
+    log.info("revoked %s (%d certificates); revocation list version %d", device.device_id, len(serials), version)
     broker: BrokerAdmin | None = request.app.state.broker
     if broker is not None:
         try:
@@ -106,6 +104,14 @@ def post_revoke(device_id: str, body: RevokeRequest, request: Request, session: 
                                 "device's client; retry the revocation of the broker client")
     return RevokeResult(device_id=device.device_id, revoked_serials=[s.hex() for s in serials],
                         revocation_list_version=version)
+
+
+@router.post("/{device_id}/revoke", response_model=RevokeResult)
+def post_revoke(device_id: str, body: RevokeRequest, request: Request, session: SessionDep, ca: CADep,
+                metrics: MetricsDep) -> RevokeResult:
+    """Revokes a device: no more bundles or signed requests, its certificates on the next signed
+    revocation list, its broker client disabled. A revoked identity cannot enroll again."""
+    return revoke_and_notify(request, session, ca, metrics, _device(session, device_id), body.reason)
 
 
 @router.delete("/{device_id}/registration-lock", status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,87 @@
+"""Linking from a host (docs/linking.md): the owner's primary approves a new device from its QR
+payload; a host can also be the new device. The channel crypto is the device package's
+(e2ee.protocol.linking); this module moves its messages through the service's rendezvous and
+records the link.
+
+    approve(primary, payload, owner, confirm=lambda code: input(code) == "y", trusted_keys=ca)
+    link_as_new_device(client, owner_expected=None)    # the other side, on a host
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from e2ee.protocol import certificate, keys, linking
+from e2ee_host.client import ApiError, DeviceClient, ServiceClient
+
+__all__ = ["LinkRefused", "approve", "fetch_slot", "put_slot", "qr_png", "qr_text"]
+
+
+class LinkRefused(linking.LinkError):
+    pass
+
+
+def put_slot(service: ServiceClient, rendezvous: str, slot: str, data: bytes) -> None:
+    service.call("PUT", "/rendezvous/%s/%s" % (rendezvous, slot), content=data,
+                 headers={"Content-Type": "application/octet-stream"})
+
+
+def fetch_slot(service: ServiceClient, rendezvous: str, slot: str, timeout: float = 60.0) -> bytes:
+    """Waits for the other side's message in the rendezvous."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = service.http.get("/rendezvous/%s/%s" % (rendezvous, slot))
+        if r.status_code == 200:
+            return r.content
+        if r.status_code != 404:
+            raise ApiError(r.status_code, r.text)
+        if time.monotonic() > deadline:
+            raise LinkRefused("no answer from the other device within %.0f s" % timeout)
+        time.sleep(0.2)
+
+
+def approve(primary: DeviceClient, payload: str, owner: str, *, trusted_keys: Sequence[bytes],
+            confirm: Callable[[str], bool], timeout: float = 60.0) -> dict[str, Any]:
+    """Checks the QR's fingerprint against the new device's certificate, runs the channel, asks
+    `confirm(check_code)` (the user compares the code on both screens) and records the link with
+    the primary's signed approval."""
+    offer = linking.Offer.parse(payload)
+    if offer.fleet != primary.fleet:
+        raise LinkRefused("the device is in fleet %s, this primary in %s" % (offer.fleet, primary.fleet))
+    ident = primary.signed("GET", "/identities/%s" % offer.device_id)
+    cert = certificate.verify_certificate(base64.b64decode(ident["certificate"]), list(trusted_keys),
+                                          int(time.time()))
+    if cert.device_id != offer.device_id or keys.fingerprint(cert.identity_dh, cert.identity_sign) != offer.fingerprint:
+        raise LinkRefused("the QR code's fingerprint does not match %s's certified identity" % offer.device_id)
+    channel, ephemeral = linking.Channel.for_primary(offer)
+    hello = json.dumps({"owner": owner, "primary": primary.device_id,
+                        "fingerprint": primary.keystore.fingerprint().hex()}).encode()
+    put_slot(primary, offer.rendezvous(), "offer", bytes(ephemeral) + channel.seal_offer(hello))
+    if not confirm(channel.check_code):
+        raise LinkRefused("the check codes differ: someone else answered the QR code")
+    answer = json.loads(channel.open_answer(fetch_slot(primary, offer.rendezvous(), "answer", timeout)))
+    if answer.get("device_id") != offer.device_id or not answer.get("accept"):
+        raise LinkRefused("the new device declined")
+    signature = primary.keystore.sign(linking.approval_message(owner, offer.device_id, offer.fingerprint))
+    body = {"owner": owner, "device_id": offer.device_id, "fingerprint": base64.b64encode(offer.fingerprint).decode(),
+            "approval": base64.b64encode(signature).decode()}
+    result = primary.signed("POST", "/links", json.dumps(body).encode())
+    return {**result, "check_code": channel.check_code}
+
+
+def qr_text(payload: str) -> str:
+    """The payload as a terminal QR code (segno)."""
+    import io
+
+    import segno
+    out = io.StringIO()
+    segno.make(payload, error="m").terminal(out=out, compact=True)
+    return out.getvalue()
+
+
+def qr_png(payload: str, path: str) -> None:
+    import segno
+    segno.make(payload, error="m").save(path, scale=6)
