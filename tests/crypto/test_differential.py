@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nacl.bindings
 import pytest
+from cmodule.cmodule_build import cmodule, cmodule_for_backend_c  # noqa: F401 (fixtures, backend "c")
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import vector_checks
 import wycheproof
+from cmodule.cmodule_build import cmodule, cmodule_for_backend_c  # noqa: F401 (fixtures, backend "c")
 from support import DEVICE_TESTS, ROOT
 
 from e2ee import crypto
@@ -26,8 +27,10 @@ RFC_FILES = {
     "fips180_sha512.txt": "sha512",
 }
 
-# Device code is tested under MicroPython first and CPython second.
-BACKENDS = [("micropython", "viper"), ("micropython", "pure"), ("cpython", "host"), ("cpython", "pure")]
+# Device code is tested under MicroPython first and CPython second. ("cpython", "c") is the firmware
+# C module's core, compiled for the host and loaded over ctypes (tests/cmodule/).
+BACKENDS = [("micropython", "viper"), ("micropython", "pure"), ("cpython", "host"), ("cpython", "pure"),
+            ("cpython", "c")]
 SUITES = ["rfc/" + f for f in RFC_FILES] + ["wycheproof/" + f for f in wycheproof.FILES]
 
 # Every suite runs inside the ESP32 heap (120 KB) except Wycheproof HKDF: its 8160-byte outputs

@@ -2,7 +2,8 @@
 # primitive directly. Inputs are checked here once; backends get well-formed arguments.
 #
 # Backends, best first (docs/decisions.md, "Crypto backend hierarchy"):
-#   "c"     the firmware C module `_e2ee_crypto` (boards built with it; see boards/)
+#   "c"     the firmware C module `_e2ee_crypto` (boards built with it; see boards/); on CPython
+#           its crypto core over ctypes (e2ee_host.cmodule), once scripts/build-cmodule built it
 #   "viper" viper/native-accelerated MicroPython, 32-bit-word arithmetic
 #   "pure"  portable pure Python, runs on MicroPython and CPython
 #   "host"  CPython: `cryptography` (X25519, Ed25519, ChaCha20-Poly1305, HKDF)
@@ -53,6 +54,9 @@ _PRIMITIVES = {
 }
 _PACKAGES = {"viper": "e2ee.crypto._viper", "pure": "e2ee.crypto._pure"}
 _MODULES = {"c": "_e2ee_crypto", "host": "e2ee.crypto._host"}
+if sys.implementation.name != "micropython":
+    # CPython: the same C core over ctypes, once scripts/build-cmodule has built it (tests, bench)
+    _MODULES["c"] = "e2ee_host.cmodule"
 
 
 # Imports a module by dotted name. On MicroPython a collection first lets the module's long-lived
@@ -62,8 +66,8 @@ def _import(name):
     module = sys.modules.get(name)
     if module is None:
         gc.collect()
-        __import__(name)
-        module = sys.modules[name]
+        module = __import__(name)  # the top-level package, or a built-in (C) module itself,
+        module = sys.modules.get(name, module)  # which MicroPython does not list in sys.modules
     return module
 
 
@@ -71,12 +75,15 @@ def _import(name):
 # lacks it or cannot load on this runtime (no C module, no viper emitter, no cryptography).
 def _find(backend, primitive):
     try:
-        if backend in _MODULES:
-            return getattr(_import(_MODULES[backend]), primitive, None)
         module, function = _PRIMITIVES[primitive]
-        if module is None:
-            return getattr(kdf, function) if _find(backend, "sha512") else None
-        return getattr(_import(_PACKAGES[backend] + "." + module), function)
+        if backend in _MODULES:
+            found = getattr(_import(_MODULES[backend]), primitive, None)
+            if found is not None or module is not None:
+                return found
+        elif module is not None:
+            return getattr(_import(_PACKAGES[backend] + "." + module), function)
+        # HMAC/HKDF: the shared kdf over the firmware's C hashlib.sha256, for a backend with SHA-512
+        return getattr(kdf, function) if _find(backend, "sha512") else None
     except (ImportError, SyntaxError, AttributeError):
         return None
 
