@@ -11,6 +11,14 @@
     e2ee flash --port PORT [--app FILE]
     e2ee provision --port PORT --claim TOKEN --device-id ID --fleet F [--one-time N] [--force]
     e2ee board virtual --flash DIR [--profile esp32|rp2040|unix]
+    e2ee client init --dir D --device-id ID --fleet F --claim TOKEN     a host client's install
+    e2ee client show --dir D
+    e2ee client link-qr --dir D [--png FILE] [--yes]                    this install is the new device
+    e2ee client link-approve --dir D --qr PAYLOAD --owner O [--yes]     this install is the primary
+    e2ee client owner-devices --dir D --owner O
+    e2ee client revoke-linked --dir D --owner O DEVICE_ID
+    e2ee client backup --dir D [--passphrase-file F]
+    e2ee client restore --dir NEW --device-id ID [--passphrase-file F]
 
 The service address and operator key come from --url / --api-key or E2EE_URL / E2EE_API_KEY
 (`flash`, `provision` and `board` need no operator key: a device enrolls with its claim).
@@ -182,6 +190,134 @@ def _board_virtual(args: argparse.Namespace) -> Any:
     return "virtual board powered off"
 
 
+_NO_BACKUP = ("WARNING: no backup is set up. If this install is lost, its identity and sessions are gone "
+              "for good. Run: e2ee client backup --dir %s")
+
+
+def _passphrase(args: argparse.Namespace, confirm: bool = False) -> str:
+    if args.passphrase_file:
+        return Path(args.passphrase_file).read_text().strip()
+    if os.environ.get("E2EE_BACKUP_PASSPHRASE"):
+        return os.environ["E2EE_BACKUP_PASSPHRASE"]
+    import getpass
+    first = getpass.getpass("backup passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise SystemExit("e2ee: the passphrases differ")
+    return first
+
+
+def _ask(args: argparse.Namespace, question: str) -> bool:
+    if args.yes:
+        print(question + " y (--yes)", file=sys.stderr)
+        return True
+    return input(question + " [y/N] ").strip().lower() == "y"
+
+
+def _client_init(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall
+    inst = HostInstall.init(args.dir, args.url, args.device_id, args.fleet, args.claim, one_time=args.one_time)
+    print(_NO_BACKUP % args.dir, file=sys.stderr)
+    return {"device_id": inst.device_id, "fingerprint": inst.client.keystore.fingerprint().hex(),
+            "serial": inst.settings["serial"]} if args.json else (
+        "enrolled %s: fingerprint %s, certificate %s" % (
+            inst.device_id, inst.client.keystore.fingerprint().hex(), inst.settings["serial"]))
+
+
+def _client_show(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall
+    inst = HostInstall.open(args.dir)
+    backup = inst.settings.get("backup_at")
+    info = {"device_id": inst.device_id, "fleet": inst.settings["fleet"], "service": inst.settings["url"],
+            "fingerprint": inst.client.keystore.fingerprint().hex(), "certificate": inst.settings["serial"],
+            "peers": inst.sessions.peers(), "backup": backup}
+    if not backup:
+        print(_NO_BACKUP % args.dir, file=sys.stderr)
+    return info if args.json else "\n".join("%-12s %s" % (k + ":", v if v is not None else "none")
+                                              for k, v in info.items())
+
+
+def _client_link_qr(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall
+    from e2ee_host.linking import NewDeviceLink, LinkRefused, qr_png, qr_text
+    inst = HostInstall.open(args.dir)
+    link = NewDeviceLink(inst.client)
+    payload = link.offer.payload()
+    print(qr_text(payload), file=sys.stderr)
+    print("link payload: " + payload, file=sys.stderr, flush=True)
+    if args.png:
+        qr_png(payload, args.png)
+    code = link.wait(args.timeout)
+    if not _ask(args, "primary %s of owner %s shows check code %s. Same code on both screens?" % (
+            link.hello.get("primary"), link.hello.get("owner"), code)):
+        raise LinkRefused("check code not confirmed")
+    link.accept()
+    return {"linked_to": link.hello.get("owner"), "check_code": code} if args.json else \
+        "accepted the link to owner %s (check code %s)" % (link.hello.get("owner"), code)
+
+
+def _client_link_approve(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall
+    from e2ee_host.linking import approve
+    inst = HostInstall.open(args.dir)
+
+    def confirm(code: str) -> bool:
+        return _ask(args, "the new device must show check code %s. Same code on both screens?" % code)
+
+    done = approve(inst.client, args.qr, args.owner, trusted_keys=inst.trusted_keys(), confirm=confirm,
+                   timeout=args.timeout)
+    inst.save()
+    return done if args.json else "linked %s to owner %s" % (done["device_id"], done["owner"])
+
+
+def _client_owner_devices(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall
+    inst = HostInstall.open(args.dir)
+    devices = inst.client.signed("GET", "/owners/%s/devices" % args.owner)
+    inst.save()
+    if args.json:
+        return devices
+    return _table([[d["device_id"], d["fingerprint"][:16], d["primary"] or "-"] for d in devices],
+                  ["device", "fingerprint", "approved by"])
+
+
+def _client_revoke_linked(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall
+    inst = HostInstall.open(args.dir)
+    r = inst.client.signed("POST", "/owners/%s/devices/%s/revoke" % (args.owner, args.device_id),
+                           json.dumps({"reason": "revoked by owner"}).encode())
+    inst.save()
+    return r if args.json else "revoked %s; revocation list version %d" % (r["device_id"],
+                                                                        r["revocation_list_version"])
+
+
+def _client_backup(args: argparse.Namespace) -> Any:
+    from e2ee_host import backup
+    from e2ee_host.install import HostInstall
+    inst = HostInstall.open(args.dir)
+    blob, auth = backup.seal(backup.export_state(args.dir, inst.storage_key), _passphrase(args, confirm=True))
+    stored = inst.client.put_backup(blob, auth)
+    inst.settings["backup_at"] = stored["updated_at"]
+    inst.save()
+    return stored if args.json else "backup stored: %d bytes, sealed on this machine (Argon2id + ChaCha20-Poly1305)" % (
+        stored["size"])
+
+
+def _client_restore(args: argparse.Namespace) -> Any:
+    import base64 as b64
+
+    from e2ee_host import backup
+    from e2ee_host.client import ServiceClient
+    from e2ee_host.install import HostInstall
+    service = ServiceClient(args.url)
+    params = service.backup_params(args.device_id)
+    kdf = backup.KdfParams(params["memory_kib"], params["iterations"], params["lanes"])
+    passphrase = _passphrase(args)
+    blob = service.fetch_backup(args.device_id, backup.auth_token(b64.b64decode(params["salt"]), kdf, passphrase))
+    inst = HostInstall.restore(args.dir, backup.open_blob(blob, passphrase))
+    return {"device_id": inst.device_id, "peers": inst.sessions.peers()} if args.json else \
+        "restored %s with %d sessions into %s" % (inst.device_id, len(inst.sessions.peers()), args.dir)
+
+
 def _progress(args: argparse.Namespace) -> Any:
     def show(line: str) -> None:
         if not args.json:
@@ -251,6 +387,40 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--flash", required=True, help="the board's flash directory")
     v.add_argument("--profile", default="esp32", choices=["esp32", "rp2040", "unix"])
     v.set_defaults(board=_board_virtual)
+
+    client = groups.add_parser("client", help="a host client's install (identity, links, backup)")
+    cs = client.add_subparsers(dest="command", required=True)
+    c = cs.add_parser("init", help="make an identity here and enroll it")
+    c.add_argument("--device-id", required=True)
+    c.add_argument("--fleet", required=True)
+    c.add_argument("--claim", required=True)
+    c.add_argument("--one-time", type=int, default=20)
+    c.set_defaults(board=_client_init)
+    cs.add_parser("show", help="this install's identity").set_defaults(board=_client_show)
+    c = cs.add_parser("link-qr", help="show this install's QR to be linked by the owner's primary")
+    c.add_argument("--png", help="also write the QR code as PNG")
+    c.set_defaults(board=_client_link_qr)
+    c = cs.add_parser("link-approve", help="as the owner's primary, link the device whose QR payload this is")
+    c.add_argument("--qr", required=True, help="the payload the new device shows (E2EE-LINK:...)")
+    c.add_argument("--owner", required=True)
+    c.set_defaults(board=_client_link_approve)
+    c = cs.add_parser("owner-devices", help="the owner's devices")
+    c.add_argument("--owner", required=True)
+    c.set_defaults(board=_client_owner_devices)
+    c = cs.add_parser("revoke-linked", help="revoke one of the owner's devices")
+    c.add_argument("--owner", required=True)
+    c.add_argument("device_id")
+    c.set_defaults(board=_client_revoke_linked)
+    c = cs.add_parser("backup", help="seal this install's state under a passphrase and store it")
+    c.set_defaults(board=_client_backup)
+    c = cs.add_parser("restore", help="restore a backup into a new install")
+    c.add_argument("--device-id", required=True)
+    c.set_defaults(board=_client_restore)
+    for sub in cs.choices.values():
+        sub.add_argument("--dir", required=True, help="the install's directory")
+        sub.add_argument("--yes", action="store_true", help="answer yes to the check-code question")
+        sub.add_argument("--timeout", type=float, default=300.0)
+        sub.add_argument("--passphrase-file", help="backup passphrase (default: E2EE_BACKUP_PASSPHRASE or a prompt)")
     return p
 
 
@@ -276,10 +446,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_board(args: argparse.Namespace) -> int:
+    from e2ee.protocol.linking import LinkError
+    from e2ee_host.backup import BackupError
     from e2ee_host.board_link import BoardError
+    from e2ee_host.install import InstallError
     try:
         out = args.board(args)
-    except BoardError as e:
+    except (BoardError, InstallError, BackupError, LinkError) as e:
         print("e2ee: %s" % e, file=sys.stderr)
         return 3
     except ApiError as e:

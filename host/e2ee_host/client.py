@@ -202,7 +202,7 @@ class DeviceClient(ServiceClient):
         self.device_id = device_id
         self.fleet = fleet
         self.keystore = keystore
-        self._last_ts = 0
+        self.last_timestamp = 0
         self.uploaded_opk_ids: set[int] = set()
 
     def __repr__(self) -> str:
@@ -233,8 +233,8 @@ class DeviceClient(ServiceClient):
         return Enrolled(data, cert, ca_keys, crl_data, doc["mqtt"])
 
     def _timestamp(self) -> int:
-        self._last_ts = max(int(time.time()), self._last_ts + 1)
-        return self._last_ts
+        self.last_timestamp = max(int(time.time()), self.last_timestamp + 1)
+        return self.last_timestamp
 
     def signed(self, method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> Any:
         """A request signed with IS (docs/provisioning.md, "Authentication")."""

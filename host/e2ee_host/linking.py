@@ -17,7 +17,7 @@ from typing import Any
 from e2ee.protocol import certificate, keys, linking
 from e2ee_host.client import ApiError, DeviceClient, ServiceClient
 
-__all__ = ["LinkRefused", "approve", "fetch_slot", "put_slot", "qr_png", "qr_text"]
+__all__ = ["LinkRefused", "NewDeviceLink", "approve", "fetch_slot", "put_slot", "qr_png", "qr_text"]
 
 
 class LinkRefused(linking.LinkError):
@@ -85,3 +85,26 @@ def qr_text(payload: str) -> str:
 def qr_png(payload: str, path: str) -> None:
     import segno
     segno.make(payload, error="m").save(path, scale=6)
+
+
+class NewDeviceLink:
+    """The new device's side, on a host: show `offer.payload()` (QR), then `wait()` for the
+    primary's message, compare `check_code` on both screens, then `accept()`."""
+
+    def __init__(self, client: DeviceClient) -> None:
+        self.client = client
+        self.offer = linking.Offer.new(client.device_id, client.fleet, client.keystore.fingerprint())
+        self.channel: linking.Channel | None = None
+        self.hello: dict[str, Any] = {}
+
+    def wait(self, timeout: float = 300.0) -> str:
+        data = fetch_slot(self.client, self.offer.rendezvous(), "offer", timeout)
+        self.channel = self.offer.channel(data[:32])
+        self.hello = json.loads(self.channel.open_offer(data[32:]))
+        return self.channel.check_code
+
+    def accept(self) -> None:
+        if self.channel is None:
+            raise LinkRefused("no offer from a primary yet")
+        answer = json.dumps({"accept": True, "device_id": self.client.device_id}).encode()
+        put_slot(self.client, self.offer.rendezvous(), "answer", self.channel.seal_answer(answer))
