@@ -25,6 +25,7 @@ from e2ee.protocol.envelope import (
     MAX_CIPHERTEXT,
     MAX_CONTROL_PAYLOAD,
     MAX_ENVELOPE,
+    MAX_SENDER_CERTIFICATE,
     VERSION,
     BadField,
     DecodeError,
@@ -40,8 +41,8 @@ from e2ee.protocol.envelope import (
 from e2ee_host.proto.e2ee.v1 import envelope_pb2 as pb
 
 __all__ = [
-    "MAX_CIPHERTEXT", "MAX_CONTROL_PAYLOAD", "MAX_ENVELOPE", "VERSION", "BadField", "DecodeError",
-    "EncodeError", "EnvelopeError", "Message", "Oversize", "Truncated", "UnknownType",
+    "MAX_CIPHERTEXT", "MAX_CONTROL_PAYLOAD", "MAX_ENVELOPE", "MAX_SENDER_CERTIFICATE", "VERSION", "BadField",
+    "DecodeError", "EncodeError", "EnvelopeError", "Message", "Oversize", "Truncated", "UnknownType",
     "UnknownVersion", "VarintOverflow", "WrongType", "decode", "decode_as", "encode", "pb",
 ]
 
@@ -55,8 +56,8 @@ def encode(message: Message) -> bytes:
     """Serializes a PreKeyMessage, RatchetMessage or Control inside a version 1 Envelope.
 
     Raises:
-        EncodeError: a field breaks the §4 limits (key sizes, ciphertext size, unknown control
-            kind, oversize payload), exactly as the device codec's ``check()``.
+        EncodeError: a field breaks the §4 limits (key sizes, ciphertext size, sender certificate
+            size, unknown control kind, oversize payload), exactly as the device codec's ``check()``.
     """
     msg_type = _TYPES.get(type(message))
     if msg_type is None:
@@ -97,5 +98,5 @@ def _as_device_record(message: Message) -> device.RatchetMessage | device.PreKey
     if isinstance(message, pb.PreKeyMessage):
         return device.PreKeyMessage(message.identity_dh, message.identity_sign, message.base_key,
                                     message.signed_prekey_id, message.one_time_prekey_id,
-                                    _as_device_record(message.message))
+                                    _as_device_record(message.message), message.sender_certificate)
     return device.Control(message.kind, message.payload)

@@ -89,10 +89,11 @@ def ratchet_body(dh=KEY_A, pn=1, n=2, ct=CT):
     return ld(1, dh) + uint(2, pn) + uint(3, n) + ld(4, ct)
 
 
-def prekey_body(message=None, ik=KEY_A, isk=KEY_B, ek=KEY_C, spk=7, opk=9):
+def prekey_body(message=None, ik=KEY_A, isk=KEY_B, ek=KEY_C, spk=7, opk=9, cert=b""):
     if message is None:
         message = ratchet_body()
-    return ld(1, ik) + ld(2, isk) + ld(3, ek) + uint(4, spk) + uint(5, opk) + ld(6, message)
+    body = ld(1, ik) + ld(2, isk) + ld(3, ek) + uint(4, spk) + uint(5, opk) + ld(6, message)
+    return body + ld(7, cert) if cert else body
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -105,12 +106,13 @@ def zero_tail(prefix, total):
     return memoryview(SCRATCH)[:total]
 
 
-# An envelope holding RatchetMessage(KEY_A, 1, 2, `size` zero bytes), or a PreKeyMessage around it.
-def big_ratchet(size, prekey=False):
+# An envelope holding RatchetMessage(KEY_A, 1, 2, `size` zero bytes), or a PreKeyMessage around it
+# (with a sender certificate of `cert` zero bytes before the message when cert > 0).
+def big_ratchet(size, prekey=False, cert=0):
     head = ld(1, KEY_A) + uint(2, 1) + uint(3, 2) + tag(4, 2) + vint(size)
     if prekey:
-        head = (ld(1, KEY_A) + ld(2, KEY_B) + ld(3, KEY_C) + uint(4, 7) + uint(5, 9) + tag(6, 2)
-                + vint(len(head) + size) + head)
+        head = (ld(1, KEY_A) + ld(2, KEY_B) + ld(3, KEY_C) + uint(4, 7) + uint(5, 9)
+                + (ld(7, bytes(cert)) if cert else b"") + tag(6, 2) + vint(len(head) + size) + head)
     prefix = uint(1, 1) + uint(2, 1 if prekey else 2) + tag(3, 2) + vint(len(head) + size) + head
     return zero_tail(prefix, len(prefix) + size)
 
@@ -128,7 +130,9 @@ def random_record(rng):
     msg = E.RatchetMessage(rng.bytes(32), rng.counter32(), rng.counter32(), rng.bytes(16 + rng.below(200)))
     if kind == 0:
         return msg
-    return E.PreKeyMessage(rng.bytes(32), rng.bytes(32), rng.bytes(32), rng.counter32(), rng.counter32(), msg)
+    cert = rng.bytes(rng.below(E.MAX_SENDER_CERTIFICATE + 1)) if rng.below(2) else b""
+    return E.PreKeyMessage(rng.bytes(32), rng.bytes(32), rng.bytes(32), rng.counter32(), rng.counter32(), msg,
+                           cert)
 
 
 # Vector-file fields of a record (numbers as 4-byte big-endian, type and kind as 1 byte).
@@ -141,6 +145,8 @@ def fields_of(rec):
         out = {"identity_dh": rec.identity_dh, "identity_sign": rec.identity_sign, "base_key": rec.base_key,
                "signed_prekey_id": rec.signed_prekey_id.to_bytes(4, "big"),
                "one_time_prekey_id": rec.one_time_prekey_id.to_bytes(4, "big")}
+        if len(rec.sender_certificate):  # absent from vector records without one
+            out["sender_certificate"] = rec.sender_certificate
         msg = rec.message
     out["type"] = bytes([rec.TYPE])
     out.update({"dh": msg.dh, "pn": msg.pn.to_bytes(4, "big"), "n": msg.n.to_bytes(4, "big"),
@@ -157,7 +163,7 @@ def record_of(v):
         return msg
     return E.PreKeyMessage(v["identity_dh"], v["identity_sign"], v["base_key"],
                            vectorfile.as_int(v["signed_prekey_id"]),
-                           vectorfile.as_int(v["one_time_prekey_id"]), msg)
+                           vectorfile.as_int(v["one_time_prekey_id"]), msg, v.get("sender_certificate", b""))
 
 
 # ---- checks ---------------------------------------------------------------------------------
@@ -168,7 +174,8 @@ def check_limits():
     check(E.SESSION_RESET == 1, "Control.Kind")
     check(E.KEY_SIZE == 32 and E.TAG_SIZE == 16 and E.HEADER_SIZE == 40, "sizes")
     check(E.MAX_CIPHERTEXT == 4096 + 16, "MAX_CIPHERTEXT")
-    check(E.MAX_ENVELOPE == 4400, "MAX_ENVELOPE")
+    check(E.MAX_ENVELOPE == 5120, "MAX_ENVELOPE")
+    check(E.MAX_SENDER_CERTIFICATE == 768, "MAX_SENDER_CERTIFICATE")
     check(E.MAX_CONTROL_PAYLOAD == 256, "MAX_CONTROL_PAYLOAD")
     for cls in (E.Truncated, E.Oversize, E.UnknownVersion, E.UnknownType, E.BadField, E.WrongType):
         check(issubclass(cls, E.DecodeError), cls.__name__)
@@ -209,6 +216,11 @@ def check_round_trips():
     check(E.decode(pk.encode()) == pk and E.PreKeyMessage.decode(pk.encode()) == pk, "prekey round trip")
     pk0 = E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 7, 0, msg)
     check(E.decode(pk0.encode()).one_time_prekey_id == 0, "no one-time prekey")
+    pkc = E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 7, 9, msg, b"certificate bytes")
+    check(bytes(pkc.encode()) == env(1, prekey_body(cert=b"certificate bytes")), "sender certificate bytes")
+    check(E.decode(pkc.encode()) == pkc and pkc != pk, "sender certificate round trip")
+    check(bytes(E.decode(pkc.encode()).sender_certificate) == b"certificate bytes", "sender certificate")
+    check(E.decode(pk.encode()).sender_certificate == b"", "no sender certificate")
     c = E.Control(E.SESSION_RESET)
     check(bytes(c.encode()) == env(4, uint(1, 1)), "control bytes")
     check(E.decode(c.encode()) == c, "control")
@@ -221,7 +233,9 @@ def check_round_trips():
     # Largest messages: a full ciphertext fits an envelope even inside a PreKeyMessage.
     big = E.RatchetMessage(KEY_A, 0xFFFFFFFF, 0xFFFFFFFF, bytes(E.MAX_CIPHERTEXT))
     bigpk = E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 0xFFFFFFFF, 0xFFFFFFFF, big)
-    check(bigpk.size() == 4285 <= E.MAX_ENVELOPE, "largest prekey envelope %d" % bigpk.size())
+    check(bigpk.size() == 4285, "largest prekey envelope %d" % bigpk.size())
+    bigpk.sender_certificate = bytes(E.MAX_SENDER_CERTIFICATE)
+    check(bigpk.size() == 5056 <= E.MAX_ENVELOPE, "largest certified prekey envelope %d" % bigpk.size())
     for rec in (big, bigpk):
         end = rec.encode_into(SCRATCH)
         check(E.decode(memoryview(SCRATCH)[:end]) == rec, "largest round trip")
@@ -242,6 +256,7 @@ def check_encode_errors():
         E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 1 << 32, 2, ok),
         E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 1, 2, ok.encode()),
         E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 1, 2, E.RatchetMessage(KEY_A, 1, 2, b"")),
+        E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 1, 2, ok, bytes(E.MAX_SENDER_CERTIFICATE + 1)),
         E.Control(0), E.Control(2), E.Control(1, bytes(E.MAX_CONTROL_PAYLOAD + 1)),
     ]
     for rec in bad:
@@ -260,6 +275,7 @@ def malformed_cases():
     yield E.Oversize, zero_tail(ok + tag(15, 2) + vint(filler), E.MAX_ENVELOPE + 1)  # valid fields, too long
     yield E.Oversize, big_ratchet(E.MAX_CIPHERTEXT + 1)
     yield E.Oversize, big_ratchet(E.MAX_CIPHERTEXT + 1, prekey=True)
+    yield E.Oversize, big_ratchet(16, prekey=True, cert=E.MAX_SENDER_CERTIFICATE + 1)
     for case in [
         # frame
         (E.UnknownVersion, b""),
@@ -320,6 +336,8 @@ def malformed_cases():
         (E.BadField, env(1, prekey_body(message=ratchet_body(dh=KEY_B[:16])))),
         (E.BadField, env(1, prekey_body() + uint(4, 1))),
         (E.BadField, env(1, prekey_body() + ld(6, rb))),
+        (E.BadField, env(1, prekey_body() + uint(7, 1))),  # sender_certificate as varint
+        (E.BadField, env(1, prekey_body(cert=b"c") + ld(7, b"c"))),  # sender_certificate twice
         (E.BadField, env(4, b"")),  # no kind
         (E.BadField, env(4, uint(1, 0))),
         (E.BadField, env(4, uint(1, 2))),
@@ -346,6 +364,8 @@ def tolerated_cases():
         (E.RatchetMessage(KEY_A, 0, 0, CT), env(2, ld(1, KEY_A) + uint(2, 0) + uint(3, 0) + ld(4, CT))),
         (E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 7, 9, msg),
          env(1, prekey_body(message=rb + unknown) + unknown)),
+        (E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 7, 9, msg), env(1, prekey_body() + ld(7, b""))),  # empty = none
+        (E.PreKeyMessage(KEY_A, KEY_B, KEY_C, 7, 9, msg, b"c"), env(1, ld(7, b"c") + prekey_body())),
         (E.Control(1), env(4, uint(1, 1) + ld(2, b""))),
         (E.Control(1, bytes(E.MAX_CONTROL_PAYLOAD)),
          env(4, uint(1, 1) + ld(2, bytes(E.MAX_CONTROL_PAYLOAD)))),

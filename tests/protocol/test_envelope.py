@@ -76,7 +76,8 @@ def to_pb(rec):
     if isinstance(rec, device.PreKeyMessage):
         return pb.PreKeyMessage(identity_dh=rec.identity_dh, identity_sign=rec.identity_sign,
                                 base_key=rec.base_key, signed_prekey_id=rec.signed_prekey_id,
-                                one_time_prekey_id=rec.one_time_prekey_id, message=to_pb(rec.message))
+                                one_time_prekey_id=rec.one_time_prekey_id, message=to_pb(rec.message),
+                                sender_certificate=bytes(rec.sender_certificate))
     return pb.RatchetMessage(dh=rec.dh, pn=rec.pn, n=rec.n, ciphertext=bytes(rec.ciphertext))
 
 
@@ -88,6 +89,8 @@ def pb_fields(msg) -> dict:
         out = {"identity_dh": msg.identity_dh, "identity_sign": msg.identity_sign, "base_key": msg.base_key,
                "signed_prekey_id": msg.signed_prekey_id.to_bytes(4, "big"),
                "one_time_prekey_id": msg.one_time_prekey_id.to_bytes(4, "big")}
+        if msg.sender_certificate:  # vector records carry the field only when it is set
+            out["sender_certificate"] = msg.sender_certificate
         msg_type, msg = pb.PREKEY, msg.message
     else:
         msg_type = pb.RATCHET
@@ -123,9 +126,10 @@ def random_pb(rng: random.Random, largest: bool = True):
                                                                 + [device.MAX_CIPHERTEXT] * largest)))
     if kind == 0:
         return msg
+    cert = rng.choice([b"", rng.randbytes(rng.randrange(1, device.MAX_SENDER_CERTIFICATE + 1))])
     return pb.PreKeyMessage(identity_dh=rng.randbytes(32), identity_sign=rng.randbytes(32),
                             base_key=rng.randbytes(32), signed_prekey_id=counter(),
-                            one_time_prekey_id=counter(), message=msg)
+                            one_time_prekey_id=counter(), message=msg, sender_certificate=cert)
 
 
 # ---- protobuf -> device -----------------------------------------------------------------------
@@ -208,6 +212,9 @@ def test_host_decode_as():
                      message=pb.RatchetMessage(dh=bytes(32), ciphertext=bytes(16))),
     pb.Control(),
     pb.Control(kind=2),
+    pb.PreKeyMessage(identity_dh=bytes(32), identity_sign=bytes(32), base_key=bytes(32),
+                     message=pb.RatchetMessage(dh=bytes(32), ciphertext=bytes(16)),
+                     sender_certificate=bytes(device.MAX_SENDER_CERTIFICATE + 1)),
     pb.Control(kind=1, payload=bytes(device.MAX_CONTROL_PAYLOAD + 1)),
     pb.Envelope(version=1),
 ], ids=lambda m: type(m).__name__)
@@ -260,7 +267,7 @@ def test_host_rejects_every_malformed_case_like_device():
         with pytest.raises(error):
             host.decode(wire)
         n += 1
-    assert n == 65
+    assert n == 68
     for rec, wire in cases.tolerated_cases():
         assert pb_fields(host.decode(wire)) == pb_fields(to_pb(rec)) == pb_fields(pb_parse(wire))
 
@@ -268,6 +275,8 @@ def test_host_rejects_every_malformed_case_like_device():
 # ---- published vectors ------------------------------------------------------------------------
 
 IK, IS, EK, DH = (bytes(range(start, start + 32)) for start in (0x40, 0x60, 0x80, 0x20))
+# A stand-in for a SignedCertificate (the envelope carries it as opaque bytes): 300 counting bytes.
+CERT = bytes(i & 0xFF for i in range(300))
 
 
 def ct(size: int) -> bytes:
@@ -310,6 +319,9 @@ def published_vectors() -> str:
         ("prekey-last-resort", pb.PreKeyMessage(
             identity_dh=IK, identity_sign=IS, base_key=EK, one_time_prekey_id=0xFFFFFFFF,
             message=pb.RatchetMessage(dh=EK, pn=3, n=4, ciphertext=ct(20)))),
+        ("prekey-with-sender-certificate", pb.PreKeyMessage(
+            identity_dh=IK, identity_sign=IS, base_key=EK, signed_prekey_id=1, one_time_prekey_id=42,
+            message=pb.RatchetMessage(dh=EK, ciphertext=ct(48)), sender_certificate=CERT)),
         ("control-session-reset", pb.Control(kind=pb.Control.SESSION_RESET)),
         ("control-session-reset-payload", pb.Control(kind=pb.Control.SESSION_RESET, payload=b"lost session")),
     ]
@@ -351,6 +363,8 @@ def published_vectors() -> str:
         ("BadField/control-kind-0", raw_env(4, raw(2, 2, b"x"))),
         ("BadField/control-kind-2", raw_env(4, raw(1, 0, 2))),
         ("Oversize/control-payload-257", raw_env(4, raw(1, 0, 1) + raw(2, 2, bytes(257)))),
+        ("Oversize/sender-certificate-769", raw_env(1, raw(1, 2, IK) + raw(2, 2, IS) + raw(3, 2, EK)
+                                                      + raw(6, 2, body) + raw(7, 2, bytes(769)))),
     ]
     recs = []
     for name, msg in valid:
@@ -399,4 +413,4 @@ def test_published_vectors_host():
         if rec["canonical"] == b"\x01":
             assert host.encode(msg) == rec["wire"]
         n += 1
-    assert n == 14
+    assert n == 15

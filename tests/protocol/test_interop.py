@@ -23,12 +23,14 @@ MESSAGES = 200  # per direction
 
 
 class Device:
-    """The MicroPython side, one process; restart() kills it with SIGKILL and reopens its flash."""
+    """The MicroPython side, one process; restart() kills it with SIGKILL and reopens its flash.
+    trust=True gives it a TrustStore (certified sessions, tests/protocol/test_trust.py)."""
 
-    def __init__(self, micropython, directory: Path):
+    def __init__(self, micropython, directory: Path, trust: bool = False):
         self.micropython, self.directory = micropython, str(directory)
+        self.store_args = (self.directory, STORAGE_KEY.hex()) + (("trust",) if trust else ())
         self._spawn()
-        assert self._call("create", self.directory, STORAGE_KEY.hex()) == "ok"
+        assert self._call("create", *self.store_args) == "ok"
 
     def _spawn(self) -> None:
         self.proc = subprocess.Popen(
@@ -36,9 +38,9 @@ class Device:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=self.micropython.env())
 
-    def _call(self, *words: str) -> str:
+    def _call(self, *words: str | bytes | bytearray) -> str:
         assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(" ".join(words) + "\n")
+        self.proc.stdin.write(" ".join(w if isinstance(w, str) else w.hex() for w in words) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
@@ -49,7 +51,7 @@ class Device:
         self.proc.kill()
         self.proc.wait()
         self._spawn()
-        assert self._call("open", self.directory, STORAGE_KEY.hex()) == "ok"
+        assert self._call("open", *self.store_args) == "ok"
 
     def close(self) -> None:
         self.proc.kill()

@@ -33,11 +33,15 @@ HEADER_SIZE = const(40)  # §3: H = dh || be32(pn) || be32(n)
 # §4: largest ciphertext a device accepts: a 4096-byte plaintext (one MQTT payload buffer on
 # the smallest boards) plus its tag. Bounds the one buffer decryption needs.
 MAX_CIPHERTEXT = const(4112)
-# §4: largest envelope; a PreKeyMessage around a full ciphertext is 4285 bytes, so any valid
-# message fits and a receiver can refuse anything longer before parsing it.
-MAX_ENVELOPE = const(4400)
+# §4: largest envelope; a PreKeyMessage around a full ciphertext with the largest sender
+# certificate is 5056 bytes (4285 without one), so any valid message fits and a receiver can
+# refuse anything longer before parsing it.
+MAX_ENVELOPE = const(5120)
 # §4: Control payloads are small (reasons, ids); nothing else needs more than this.
 MAX_CONTROL_PAYLOAD = const(256)
+# §4: PreKeyMessage.sender_certificate, a SignedCertificate (docs/provisioning.md): the same limit
+# as certificate.MAX_SIGNED_CERTIFICATE (a test pins both; certificate.py imports this module).
+MAX_SENDER_CERTIFICATE = const(768)
 
 _UINT32_MAX = const(0xFFFFFFFF)
 _VARINT64_BYTES = const(10)  # an unknown varint field may hold 64 bits (protobuf's limit)
@@ -53,7 +57,8 @@ _I32 = const(5)
 # Wire type of each known field, field number 1 first.
 _ENVELOPE_FIELDS = b"\x00\x00\x02"  # version, type, body
 _RATCHET_FIELDS = b"\x02\x00\x00\x02"  # dh, pn, n, ciphertext
-_PREKEY_FIELDS = b"\x02\x02\x02\x00\x00\x02"  # identity_dh, identity_sign, base_key, spk, opk, message
+# identity_dh, identity_sign, base_key, spk, opk, message, sender_certificate
+_PREKEY_FIELDS = b"\x02\x02\x02\x00\x00\x02\x02"
 _CONTROL_FIELDS = b"\x00\x02"  # kind, payload
 
 
@@ -257,19 +262,22 @@ class RatchetMessage(_Record):
         return "RatchetMessage(pn=%d, n=%d, ciphertext=%d bytes)" % (self.pn, self.n, len(self.ciphertext))
 
 
-# PreKeyMessage (§2, §4): the X3DH initiator's public keys, the responder prekey ids it used and
-# the first RatchetMessage of the session.
+# PreKeyMessage (§2, §4, §6): the X3DH initiator's public keys, the responder prekey ids it used,
+# the first RatchetMessage of the session and, from a device with a TrustStore, the initiator's
+# SignedCertificate (b"" = none; a memoryview into the input after decoding, like ciphertext).
 class PreKeyMessage(_Record):
     TYPE = PREKEY
     NAME = "PreKeyMessage"
 
-    def __init__(self, identity_dh, identity_sign, base_key, signed_prekey_id, one_time_prekey_id, message):
+    def __init__(self, identity_dh, identity_sign, base_key, signed_prekey_id, one_time_prekey_id, message,
+                 sender_certificate=b""):
         self.identity_dh = identity_dh
         self.identity_sign = identity_sign
         self.base_key = base_key
         self.signed_prekey_id = signed_prekey_id
         self.one_time_prekey_id = one_time_prekey_id  # 0 = no one-time prekey
         self.message = message
+        self.sender_certificate = sender_certificate
 
     # Raises EncodeError unless every field, the inner message included, can be encoded.
     def check(self):
@@ -281,10 +289,15 @@ class PreKeyMessage(_Record):
         if not isinstance(self.message, RatchetMessage):
             raise EncodeError("message must be a RatchetMessage")
         self.message.check()
+        if len(self.sender_certificate) > MAX_SENDER_CERTIFICATE:
+            raise EncodeError("sender_certificate is %d bytes, limit %d" % (
+                len(self.sender_certificate), MAX_SENDER_CERTIFICATE))
 
     def _body_size(self):
+        cert = len(self.sender_certificate)
         return (3 * _len_size(KEY_SIZE) + _uint_size(self.signed_prekey_id)
-                + _uint_size(self.one_time_prekey_id) + _len_size(self.message._body_size()))
+                + _uint_size(self.one_time_prekey_id) + _len_size(self.message._body_size())
+                + (_len_size(cert) if cert else 0))
 
     def _put_body(self, out, pos):
         pos = _put_bytes(out, pos, 1, self.identity_dh)
@@ -293,7 +306,10 @@ class PreKeyMessage(_Record):
         pos = _put_uint(out, pos, 4, self.signed_prekey_id)
         pos = _put_uint(out, pos, 5, self.one_time_prekey_id)
         pos = _put_head(out, pos, 6, self.message._body_size())
-        return self.message._put_body(out, pos)
+        pos = self.message._put_body(out, pos)
+        if len(self.sender_certificate):
+            pos = _put_bytes(out, pos, 7, self.sender_certificate)
+        return pos
 
     # Decodes a serialized PreKeyMessage (no Envelope around it).
     @classmethod
@@ -301,17 +317,22 @@ class PreKeyMessage(_Record):
         v = _read_fields(buf, cls.NAME, _PREKEY_FIELDS)
         if v[6] is None:
             raise BadField("PreKeyMessage field 6 (message) is missing")
+        cert = b"" if v[7] is None else v[7]
+        if len(cert) > MAX_SENDER_CERTIFICATE:
+            raise Oversize("PreKeyMessage field 7 (sender_certificate): %d bytes exceeds %d" % (
+                len(cert), MAX_SENDER_CERTIFICATE))
         return cls(_key(v, 1, cls.NAME, "identity_dh"), _key(v, 2, cls.NAME, "identity_sign"),
                    _key(v, 3, cls.NAME, "base_key"), v[4] or 0, v[5] or 0,
-                   RatchetMessage.decode_body(v[6]))
+                   RatchetMessage.decode_body(v[6]), cert)
 
     def _fields(self):
         return (self.identity_dh, self.identity_sign, self.base_key, self.signed_prekey_id,
-                self.one_time_prekey_id, self.message)
+                self.one_time_prekey_id, self.message, bytes(self.sender_certificate))
 
     def __repr__(self):
-        return "PreKeyMessage(signed_prekey_id=%d, one_time_prekey_id=%d, message=%r)" % (
-            self.signed_prekey_id, self.one_time_prekey_id, self.message)
+        return ("PreKeyMessage(signed_prekey_id=%d, one_time_prekey_id=%d, sender_certificate=%d bytes, "
+                "message=%r)" % (self.signed_prekey_id, self.one_time_prekey_id, len(self.sender_certificate),
+                                 self.message))
 
 
 # Control (§4): session management; kind is one of the Control.Kind values above.

@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x32\x65\x65/v1/envelope.proto\x12\x07\x65\x32\x65\x65.v1\"F\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x1b\n\x04type\x18\x02 \x01(\x0e\x32\r.e2ee.v1.Type\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"G\n\x0eRatchetMessage\x12\n\n\x02\x64h\x18\x01 \x01(\x0c\x12\n\n\x02pn\x18\x02 \x01(\r\x12\t\n\x01n\x18\x03 \x01(\r\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"\xad\x01\n\rPreKeyMessage\x12\x13\n\x0bidentity_dh\x18\x01 \x01(\x0c\x12\x15\n\ridentity_sign\x18\x02 \x01(\x0c\x12\x10\n\x08\x62\x61se_key\x18\x03 \x01(\x0c\x12\x18\n\x10signed_prekey_id\x18\x04 \x01(\r\x12\x1a\n\x12one_time_prekey_id\x18\x05 \x01(\r\x12(\n\x07message\x18\x06 \x01(\x0b\x32\x17.e2ee.v1.RatchetMessage\"p\n\x07\x43ontrol\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.e2ee.v1.Control.Kind\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"/\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rSESSION_RESET\x10\x01*R\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06PREKEY\x10\x01\x12\x0b\n\x07RATCHET\x10\x02\x12\x0e\n\nSENDER_KEY\x10\x03\x12\x0b\n\x07\x43ONTROL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x32\x65\x65/v1/envelope.proto\x12\x07\x65\x32\x65\x65.v1\"F\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x1b\n\x04type\x18\x02 \x01(\x0e\x32\r.e2ee.v1.Type\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"G\n\x0eRatchetMessage\x12\n\n\x02\x64h\x18\x01 \x01(\x0c\x12\n\n\x02pn\x18\x02 \x01(\r\x12\t\n\x01n\x18\x03 \x01(\r\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"\xc9\x01\n\rPreKeyMessage\x12\x13\n\x0bidentity_dh\x18\x01 \x01(\x0c\x12\x15\n\ridentity_sign\x18\x02 \x01(\x0c\x12\x10\n\x08\x62\x61se_key\x18\x03 \x01(\x0c\x12\x18\n\x10signed_prekey_id\x18\x04 \x01(\r\x12\x1a\n\x12one_time_prekey_id\x18\x05 \x01(\r\x12(\n\x07message\x18\x06 \x01(\x0b\x32\x17.e2ee.v1.RatchetMessage\x12\x1a\n\x12sender_certificate\x18\x07 \x01(\x0c\"p\n\x07\x43ontrol\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.e2ee.v1.Control.Kind\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"/\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rSESSION_RESET\x10\x01*R\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06PREKEY\x10\x01\x12\x0b\n\x07RATCHET\x10\x02\x12\x0e\n\nSENDER_KEY\x10\x03\x12\x0b\n\x07\x43ONTROL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'e2ee.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TYPE']._serialized_start=470
-  _globals['_TYPE']._serialized_end=552
+  _globals['_TYPE']._serialized_start=498
+  _globals['_TYPE']._serialized_end=580
   _globals['_ENVELOPE']._serialized_start=35
   _globals['_ENVELOPE']._serialized_end=105
   _globals['_RATCHETMESSAGE']._serialized_start=107
   _globals['_RATCHETMESSAGE']._serialized_end=178
   _globals['_PREKEYMESSAGE']._serialized_start=181
-  _globals['_PREKEYMESSAGE']._serialized_end=354
-  _globals['_CONTROL']._serialized_start=356
-  _globals['_CONTROL']._serialized_end=468
-  _globals['_CONTROL_KIND']._serialized_start=421
-  _globals['_CONTROL_KIND']._serialized_end=468
+  _globals['_PREKEYMESSAGE']._serialized_end=382
+  _globals['_CONTROL']._serialized_start=384
+  _globals['_CONTROL']._serialized_end=496
+  _globals['_CONTROL_KIND']._serialized_start=449
+  _globals['_CONTROL_KIND']._serialized_end=496
 # @@protoc_insertion_point(module_scope)

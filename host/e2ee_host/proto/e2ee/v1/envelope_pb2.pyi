@@ -42,20 +42,22 @@ class RatchetMessage(_message.Message):
     def __init__(self, dh: _Optional[bytes] = ..., pn: _Optional[int] = ..., n: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class PreKeyMessage(_message.Message):
-    __slots__ = ("identity_dh", "identity_sign", "base_key", "signed_prekey_id", "one_time_prekey_id", "message")
+    __slots__ = ("identity_dh", "identity_sign", "base_key", "signed_prekey_id", "one_time_prekey_id", "message", "sender_certificate")
     IDENTITY_DH_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_SIGN_FIELD_NUMBER: _ClassVar[int]
     BASE_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNED_PREKEY_ID_FIELD_NUMBER: _ClassVar[int]
     ONE_TIME_PREKEY_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     identity_dh: bytes
     identity_sign: bytes
     base_key: bytes
     signed_prekey_id: int
     one_time_prekey_id: int
     message: RatchetMessage
-    def __init__(self, identity_dh: _Optional[bytes] = ..., identity_sign: _Optional[bytes] = ..., base_key: _Optional[bytes] = ..., signed_prekey_id: _Optional[int] = ..., one_time_prekey_id: _Optional[int] = ..., message: _Optional[_Union[RatchetMessage, _Mapping]] = ...) -> None: ...
+    sender_certificate: bytes
+    def __init__(self, identity_dh: _Optional[bytes] = ..., identity_sign: _Optional[bytes] = ..., base_key: _Optional[bytes] = ..., signed_prekey_id: _Optional[int] = ..., one_time_prekey_id: _Optional[int] = ..., message: _Optional[_Union[RatchetMessage, _Mapping]] = ..., sender_certificate: _Optional[bytes] = ...) -> None: ...
 
 class Control(_message.Message):
     __slots__ = ("kind", "payload")
