@@ -31,6 +31,10 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
         run_migrations(engine)
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        if app.state.broker is None and settings.broker_admin_user:
+            from e2ee_host.broker import DynSec
+            app.state.broker = DynSec(settings.broker_admin_host, settings.broker_admin_port,
+                                      settings.broker_admin_user, settings.broker_admin_password.get_secret_value())
         with app.state.sessionmaker() as session:
             ensure_revocation_list(session, app.state.ca)
         try:

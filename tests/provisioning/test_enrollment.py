@@ -284,6 +284,9 @@ class RecordingBroker:
     def revoke_device(self, device_id: str) -> None:
         self.calls.append(("revoke", device_id))
 
+    def publish_revocation_list(self, fleet: str, data: bytes) -> None:
+        self.calls.append(("crl", fleet, len(data)))
+
 
 def test_enrollment_and_revocation_drive_the_broker(client) -> None:  # type: ignore[no-untyped-def]
     broker = RecordingBroker()
@@ -295,7 +298,7 @@ def test_enrollment_and_revocation_drive_the_broker(client) -> None:  # type: ig
     assert len(mqtt["password"]) >= 32
     assert broker.calls == [("provision", "plant-north", "pump-1", mqtt["password"])]
     assert client.post("/devices/pump-1/revoke", headers=OPERATOR, json={}).status_code == 200
-    assert broker.calls[-1] == ("revoke", "pump-1")
+    assert broker.calls[-2] == ("revoke", "pump-1") and broker.calls[-1][:2] == ("crl", "plant-north")
     assert mqtt["password"] not in json.dumps(client.get("/devices/pump-1", headers=OPERATOR).json())
 
 

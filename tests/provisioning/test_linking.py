@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from enrollment_support import enroll_micropython_device
 from service_support import OPERATOR_KEY
 from support import DEVICE_TESTS, ROOT
 
@@ -55,29 +56,6 @@ class Interactive:
         self.proc.wait(30)
 
 
-def _device_json(micropython, *args: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    return json.loads(micropython.run(DEVICE_TESTS / "enroll_device.py", *args).strip().splitlines()[-1])
-
-
-def _enroll_micropython_device(micropython, op: OperatorClient, url: str, flash: str, skey: str,  # type: ignore[no-untyped-def]
-                               device_id: str) -> None:
-    """Keys made under MicroPython, enrolled, prekeys published (tests/device/enroll_device.py)."""
-    _device_json(micropython, "keys", flash, skey, "4")
-    token = op.create_claims(FLEET).tokens[0]
-    client = httpx.Client(base_url=url)
-    challenge = base64.b64decode(client.post("/enroll/challenge").json()["challenge"])
-    fields = _device_json(micropython, "prove", flash, skey, challenge.hex(), token, device_id, FLEET)
-    r = client.post("/enroll", json={"claim_token": token, "challenge": base64.b64encode(challenge).decode(),
-                                     "device_id": device_id, "fleet": FLEET, **fields})
-    assert r.status_code == 201, r.text
-    ts = str(int(time.time()))
-    signed = _device_json(micropython, "upload", flash, skey, "/keys", ts, device_id, "1", "0")
-    r = client.post("/keys", content=signed["body"].encode(), headers={
-        "Content-Type": "application/json", "X-E2EE-Device": device_id, "X-E2EE-Timestamp": ts,
-        "X-E2EE-Signature": signed["signature"]})
-    assert r.status_code == 200, r.text
-
-
 def _host(url: str, op: OperatorClient, name: str, owner: str = "") -> DeviceClient:
     client = DeviceClient(url, name, FLEET, KeyStore.generate(4))
     client.enroll(op.create_claims(FLEET, owner=owner).tokens[0])
@@ -91,7 +69,7 @@ def test_link_a_micropython_device_by_qr(live_server, micropython, tmp_path) -> 
     pinned = op.ca_keys()
     primary = _host(url, op, "acme-phone", owner=OWNER)
     flash, skey = str(tmp_path / "board"), os.urandom(32).hex()
-    _enroll_micropython_device(micropython, op, url, flash, skey, "acme-valve-7")
+    enroll_micropython_device(micropython, url, op.create_claims(FLEET).tokens[0], flash, skey, "acme-valve-7", FLEET)
 
     board = Interactive(micropython, DEVICE_TESTS / "link_new_device.py", flash, skey)
     _, payload, rendezvous = board.ask("offer acme-valve-7 %s" % FLEET, "payload").split()

@@ -20,3 +20,6 @@ class BrokerAdmin(Protocol):
 
     def revoke_device(self, device_id: str) -> None:
         """Disables the device's client: refused from now on, a live session is disconnected."""
+
+    def publish_revocation_list(self, fleet: str, data: bytes) -> None:
+        """Publishes the signed revocation list, retained, on the fleet's topic."""

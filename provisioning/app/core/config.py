@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # empty host: enrollment issues no MQTT credentials.
     mqtt_host: str = ""
     mqtt_port: int = Field(8883, ge=1, le=65535)
+    # The broker's dynamic-security admin the service drives (docs/broker.md): host, port, user and
+    # password of its admin client; empty user: the service drives no broker.
+    broker_admin_host: str = "127.0.0.1"
+    broker_admin_port: int = Field(1883, ge=1, le=65535)
+    broker_admin_user: str = ""
+    broker_admin_password: SecretStr = SecretStr("")
     # Encrypted backups (docs/backup.md): where blobs go ("file": backup_dir, default
     # data_dir/backups; "s3": an S3-compatible bucket through boto3, credentials from the usual
     # AWS_* variables), the largest blob, and wrong fetch attempts before the backup locks.

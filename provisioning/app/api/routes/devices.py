@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from e2ee_provisioning.api.deps import CADep, MetricsDep, OperatorAuth, SessionDep, device_is_revoked
-from e2ee_provisioning.core.authority import publish_revocation_list
+from e2ee_provisioning.core.authority import current_revocation_list, publish_revocation_list
 from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.models import (
@@ -98,6 +98,7 @@ def revoke_and_notify(request: Request, session: Session, ca: object, metrics: M
     if broker is not None:
         try:
             broker.revoke_device(device.device_id)
+            broker.publish_revocation_list(device.fleet, current_revocation_list(session).data)
         except BrokerError:
             # recorded and listed already; the operator retries the broker side
             raise HTTPException(status.HTTP_502_BAD_GATEWAY, "revoked, but the broker did not disable the "

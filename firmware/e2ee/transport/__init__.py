@@ -1,0 +1,2 @@
+# Transports that carry envelopes between devices (docs/broker.md): an MQTT 3.1.1 client with
+# micropython-lib's umqtt.simple API (mqtt.py) and the device's inbox link on top of it (link.py).
