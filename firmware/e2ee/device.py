@@ -17,9 +17,10 @@ class NotEnrolled(Exception):
 
 
 class Device:
-    def __init__(self, device_id, sessions):
+    def __init__(self, device_id, sessions, config=None):
         self.device_id = device_id
         self.sessions = sessions
+        self._config = config
 
     def __repr__(self):
         return "<Device %s>" % self.device_id
@@ -29,11 +30,18 @@ class Device:
     def open(cls, directory=board.DATA_DIR):
         key = board.storage_key(directory)
         try:
-            device_id = RecordStore(directory + "/config", "config", key).get("device-id").decode()
+            config = RecordStore(directory + "/config", "config", key)
+            device_id = config.get("device-id").decode()
             sessions = SessionManager.open(directory, key)
         except NotFound:
             raise NotEnrolled("this board is not enrolled: run e2ee provision")
-        return cls(device_id, sessions)
+        return cls(device_id, sessions, config)
+
+    # What provisioning stored (e2ee.provision.install): fleet, service, broker credentials, the
+    # certificate, CA keys and revocation list.
+    def settings(self):
+        import json
+        return json.loads(self._config.get("device"))
 
     def start(self, peer, bundle):
         self.sessions.start(peer, PrekeyBundle.from_bytes(bundle))
