@@ -183,9 +183,11 @@ class MosquittoProcess:
 
 
 def service_role() -> dict[str, Any]:
-    """The provisioning service may publish (retained) the revocation list of every fleet."""
+    """The provisioning service publishes the revocation list of every fleet (retained) and, as
+    the HTTP relay, envelopes into inboxes."""
     return {"rolename": "e2ee-service", "acls": [
-        {"acltype": "publishClientSend", "topic": topics.PREFIX + "+/crl", "priority": 0, "allow": True}]}
+        {"acltype": "publishClientSend", "topic": topics.PREFIX + "+/crl", "priority": 0, "allow": True},
+        {"acltype": "publishClientSend", "topic": topics.PREFIX + "+/d/+/inbox", "priority": 0, "allow": True}]}
 
 
 def device_role(fleet: str, device_id: str) -> dict[str, Any]:
@@ -202,11 +204,16 @@ class DynSec:
     """Admin of the broker's dynamic-security plugin: commands on $CONTROL/dynamic-security/v1,
     answers matched by correlation data. Implements the provisioning service's BrokerAdmin."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 10.0,
+                 client_id: str | None = None) -> None:
+        """client_id: a fixed id makes the session persistent (clean_session False), so inbox
+        messages for relay clients that arrive while the service is down wait at the broker."""
         self.timeout = timeout
         self._answers: dict[str, dict[str, Any]] = {}
         self._cond = threading.Condition()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2ee-admin-" + uuid.uuid4().hex[:8])
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=client_id or "e2ee-admin-" + uuid.uuid4().hex[:8],
+                                   clean_session=client_id is None)
         self._client.username_pw_set(user, password)
         self._client.on_message = self._on_message
         connected = threading.Event()
@@ -300,6 +307,23 @@ class DynSec:
 
     def remove_group_member(self, fleet: str, group_id: str, device_id: str) -> None:
         self.command("removeClientRole", username=device_id, rolename="grp-%s-%s" % (fleet, group_id))
+
+    # --- the HTTP relay (e2ee_provisioning.core.relay) ---
+
+    def publish_inbox(self, fleet: str, to: str, sender: str, envelope: bytes) -> None:
+        """An envelope into a device's inbox on behalf of `sender` (QoS 1)."""
+        info = self._client.publish(topics.inbox(fleet, to), topics.frame(sender, envelope), qos=1)
+        info.wait_for_publish(self.timeout)
+
+    def watch_inboxes(self, callback: Any) -> None:
+        """callback(fleet, device_id, payload) for every inbox message of every fleet."""
+        pattern = topics.PREFIX + "+/d/+/inbox"
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            parts = msg.topic.split("/")
+            callback(parts[2], parts[4], bytes(msg.payload))
+        self._client.message_callback_add(pattern, on_message)
+        self._client.subscribe(pattern, qos=1)
 
     def publish_revocation_list(self, fleet: str, data: bytes) -> None:
         """The signed revocation list, retained, on the fleet's topic (QoS 1)."""

@@ -90,7 +90,7 @@ class ServiceClient:
               content: bytes | None = None, params: dict[str, Any] | None = None) -> Any:
         try:
             r = self.http.request(method, path, headers=headers, content=content,
-                                  params={k: v for k, v in (params or {}).items() if v is not None})
+                                  params={k: v for k, v in params.items() if v is not None} if params else None)
         except httpx.HTTPError as e:
             raise ApiError(0, "service unreachable at %s: %s" % (self.http.base_url, type(e).__name__)) from None
         if r.status_code >= 400:

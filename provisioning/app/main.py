@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from e2ee_host.fleet_ca import FileCAKeystore
-from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, health, keys, links, me, metrics, revocations
+from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, health, keys, links, me, metrics, relay, revocations
 from e2ee_provisioning.core.authority import ensure_revocation_list
 from e2ee_provisioning.core.blobstore import make_blob_store
+from e2ee_provisioning.core.relay import RelayBridge
 from e2ee_provisioning.core.broker import BrokerAdmin
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.db import make_engine, make_sessionmaker, run_migrations
@@ -34,7 +35,10 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
         if app.state.broker is None and settings.broker_admin_user:
             from e2ee_host.broker import DynSec
             app.state.broker = DynSec(settings.broker_admin_host, settings.broker_admin_port,
-                                      settings.broker_admin_user, settings.broker_admin_password.get_secret_value())
+                                      settings.broker_admin_user, settings.broker_admin_password.get_secret_value(),
+                                      client_id="e2ee-provisioning")
+        if app.state.broker is not None and hasattr(app.state.broker, "watch_inboxes"):
+            app.state.relay = RelayBridge(app.state.broker, app.state.sessionmaker)
         with app.state.sessionmaker() as session:
             ensure_revocation_list(session, app.state.ca)
         try:
@@ -51,6 +55,6 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     app.state.ca = FileCAKeystore(settings.ca_path)
     app.state.broker = broker
     app.state.blobs = make_blob_store(settings)
-    for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links):
+    for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links, relay):
         app.include_router(module.router)
     return app

@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Backup", "BackupFetch", "BackupParams", "Base", "Certificate", "Device", "DeviceIdentity", "Link", "LinkApproval",
-    "OwnerDevicePublic", "RendezvousMessage", "EnrollmentChallenge", "EnrollmentClaim", "OneTimePrekey", "Revocation",
+    "OwnerDevicePublic", "RelayClient", "RelayMessage", "RelayMessagePublic", "RelaySend", "RendezvousMessage", "EnrollmentChallenge", "EnrollmentClaim", "OneTimePrekey", "Revocation",
     "RevocationListRecord", "SignedPrekey",
     "B64Bytes", "ChallengePublic", "ClaimCreate", "ClaimPublic", "ClaimsCreated", "CertificateStatus",
     "DevicePublic", "EnrollmentRequest", "EnrollmentResult", "MqttCredentials", "RegistrationLockSet",
@@ -166,6 +166,26 @@ class RendezvousMessage(Base):
     slot: Mapped[str] = mapped_column(String(8))
     data: Mapped[bytes] = mapped_column(LargeBinary(2048))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class RelayClient(Base):
+    """A client that receives through the HTTP relay instead of MQTT (docs/broker.md, "Relay")."""
+    __tablename__ = "relay_clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), unique=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RelayMessage(Base):
+    """An envelope that arrived in a relay client's inbox and waits until the client acknowledges it."""
+    __tablename__ = "relay_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    sender: Mapped[str] = mapped_column(String(DEVICE_ID_MAX))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary(8192))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class RevocationListRecord(Base):
@@ -426,6 +446,19 @@ class OwnerDevicePublic(BaseModel):
     fingerprint: str
     primary: str | None  # the device that approved the link; None for the owner's enrolled primary
     approval: B64Bytes | None
+
+
+class RelaySend(BaseModel):
+    to: DeviceIdStr
+    fleet: FleetStr | None = None
+    envelope: Annotated[B64Bytes, Field(min_length=1, max_length=5120)]
+
+
+class RelayMessagePublic(BaseModel):
+    id: int
+    sender: str
+    envelope: B64Bytes
+    received_at: datetime
 
 
 class RegistrationLockSet(BaseModel):

@@ -17,7 +17,8 @@ from e2ee_provisioning.core.security import signed_request_message
 OPERATOR_KEY = "test-operator-key-9f2c1d0e"  # the test settings' operator key (not the default)
 OPERATOR = {"X-API-Key": OPERATOR_KEY}
 TABLES = ("devices", "enrollment_claims", "enrollment_challenges", "signed_prekeys", "one_time_prekeys",
-          "revocations", "certificates", "revocation_lists", "backups", "links", "rendezvous")
+          "revocations", "certificates", "revocation_lists", "backups", "links", "rendezvous",
+          "relay_clients", "relay_messages")
 
 
 def b64(data: bytes) -> str:

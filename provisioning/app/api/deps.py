@@ -130,7 +130,8 @@ def _verify_device(request: Request, session: Session, settings: Settings, metri
     device = session.scalar(select(Device).where(Device.device_id == signed.device_id))
     if device is None:
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "unknown device")
-    message = signed_request_message(request.method, request.url.path, signed.timestamp, signed.device_id, body)
+    target = request.url.path + ("?" + request.url.query if request.url.query else "")  # the query is signed too
+    message = signed_request_message(request.method, target, signed.timestamp, signed.device_id, body)
     try:
         crypto.ed25519_verify(device.is_pub, message, signed.signature)
     except CryptoError:
