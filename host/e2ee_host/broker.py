@@ -205,9 +205,11 @@ class DynSec:
     answers matched by correlation data. Implements the provisioning service's BrokerAdmin."""
 
     def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 10.0,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, on_inbox: Any = None) -> None:
         """client_id: a fixed id makes the session persistent (clean_session False), so inbox
-        messages for relay clients that arrive while the service is down wait at the broker."""
+        messages for relay clients that arrive while the service is down wait at the broker.
+        on_inbox(fleet, device_id, payload): every inbox message (the relay); set before the
+        connection, so what the broker kept for this session is handled, not dropped."""
         self.timeout = timeout
         self._answers: dict[str, dict[str, Any]] = {}
         self._cond = threading.Condition()
@@ -216,6 +218,11 @@ class DynSec:
                                    clean_session=client_id is None)
         self._client.username_pw_set(user, password)
         self._client.on_message = self._on_message
+        if on_inbox is not None:
+            def on_inbox_message(client: Any, userdata: Any, msg: Any) -> None:
+                parts = msg.topic.split("/")
+                on_inbox(parts[2], parts[4], bytes(msg.payload))
+            self._client.message_callback_add(topics.PREFIX + "+/d/+/inbox", on_inbox_message)
         connected = threading.Event()
         result: list[Any] = []
         self._client.on_connect = lambda c, u, f, rc, p: (result.append(rc), connected.set())
@@ -226,6 +233,8 @@ class DynSec:
             raise BrokerError("no admin connection to the broker at %s:%d (%s)" % (
                 host, port, result[0] if result else "timeout"))
         self._client.subscribe(CONTROL + "/response", qos=1)
+        if on_inbox is not None:
+            self._client.subscribe(topics.PREFIX + "+/d/+/inbox", qos=1)
         self._fleets: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -314,16 +323,6 @@ class DynSec:
         """An envelope into a device's inbox on behalf of `sender` (QoS 1)."""
         info = self._client.publish(topics.inbox(fleet, to), topics.frame(sender, envelope), qos=1)
         info.wait_for_publish(self.timeout)
-
-    def watch_inboxes(self, callback: Any) -> None:
-        """callback(fleet, device_id, payload) for every inbox message of every fleet."""
-        pattern = topics.PREFIX + "+/d/+/inbox"
-
-        def on_message(client: Any, userdata: Any, msg: Any) -> None:
-            parts = msg.topic.split("/")
-            callback(parts[2], parts[4], bytes(msg.payload))
-        self._client.message_callback_add(pattern, on_message)
-        self._client.subscribe(pattern, qos=1)
 
     def publish_revocation_list(self, fleet: str, data: bytes) -> None:
         """The signed revocation list, retained, on the fleet's topic (QoS 1)."""

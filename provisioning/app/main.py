@@ -36,9 +36,8 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
             from e2ee_host.broker import DynSec
             app.state.broker = DynSec(settings.broker_admin_host, settings.broker_admin_port,
                                       settings.broker_admin_user, settings.broker_admin_password.get_secret_value(),
-                                      client_id="e2ee-provisioning")
-        if app.state.broker is not None and hasattr(app.state.broker, "watch_inboxes"):
-            app.state.relay = RelayBridge(app.state.broker, app.state.sessionmaker)
+                                      client_id="e2ee-provisioning",
+                                      on_inbox=RelayBridge(app.state.sessionmaker).on_inbox)
         with app.state.sessionmaker() as session:
             ensure_revocation_list(session, app.state.ca)
         try:

@@ -302,3 +302,82 @@ def test_http_relay_for_clients_without_mqtt(system, tmp_path) -> None:  # type:
         web.signed("POST", "/relay/messages", json.dumps({"to": "nobody", "envelope": "AAAA"}).encode())
     assert e.value.status == 404
     pump_link.close()
+
+
+def test_group_over_the_broker(system, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ten members: sender keys distributed over pairwise sessions (inboxes), 100 group messages
+    published once each to the group topic, which the broker lets only members read; a removed
+    member loses the topic and, with everyone's new sender keys, cannot read what follows."""
+    from e2ee.protocol.group import GroupSessions
+    from e2ee.protocol.sender_key import UnknownChain
+    from e2ee_host.broker import DynSec
+    admin = DynSec(system.broker.host, system.broker.port, system.broker.admin_user, system.broker.admin_password)
+    members = []
+    for i in range(10):
+        client, sessions, link = _host(system, tmp_path, "m%d" % i)
+        groups = GroupSessions(str(tmp_path / ("m%d" % i)), os.urandom(32), "m%d" % i)
+        admin.add_group_member(FLEET, "line-3", "m%d" % i)
+        members.append((client, sessions, link, groups))
+    outsider = _host(system, tmp_path, "outsider")
+    assert outsider[2].join_group("line-3") is False  # the ACL refuses a non-member
+    for _, _, link, _ in members:
+        assert link.join_group("line-3")
+
+    # pairwise sessions first, one initiator per pair (simultaneous initiation is not resolved, docs/protocol.md)
+    for i, (a, a_sessions, a_link, _) in enumerate(members):
+        for b, b_sessions, b_link, _ in members[i + 1:]:
+            a_sessions.start(b.device_id, a.bundle(b.device_id))
+            a_link.send(b.device_id, a_sessions.encrypt(b.device_id, b"hello"))
+            sender, envelope = b_link.receive()
+            assert b_sessions.decrypt(sender, envelope) == b"hello"
+
+    def distribute(group_members: list) -> None:  # type: ignore[type-arg]
+        """Each member's new sender key goes to every other member inside their pairwise session."""
+        for client, sessions, link, groups in group_members:
+            dist = groups.create("line-3")
+            for other, _, _, _ in group_members:
+                if other is client:
+                    continue
+                link.send(other.device_id, sessions.encrypt(other.device_id, b"SKD" + dist))
+        for client, sessions, link, groups in group_members:
+            for _ in range(len(group_members) - 1):
+                sender, envelope = link.receive()
+                plain = sessions.decrypt(sender, envelope)
+                assert plain[:3] == b"SKD"
+                groups.add_member("line-3", sender, plain[3:])
+
+    distribute(members)
+    for n in range(100):
+        client, _, link, groups = members[n % 10]
+        wire = groups.encrypt("line-3", b"group message %d" % n)
+        link.send_group("line-3", wire)
+        assert link.group_messages.get(timeout=10) == ("line-3", wire)  # its own copy comes back too
+        for other, _, olink, ogroups in members:
+            if other is client:
+                continue
+            group, wire = olink.group_messages.get(timeout=10)
+            while group != "line-3":
+                group, wire = olink.group_messages.get(timeout=10)
+            assert ogroups.decrypt("line-3", client.device_id, wire) == b"group message %d" % n
+    for _, _, link, _ in members:
+        while not link.group_messages.empty():
+            link.group_messages.get_nowait()
+    # remove m9: the broker drops it from the topic, everyone else makes and sends new sender keys
+    removed = members[9]
+    admin.remove_group_member(FLEET, "line-3", "m9")
+    rest = members[:9]
+    for _, _, _, groups in rest:
+        groups.remove_member("line-3", "m9")
+    distribute(rest)
+    client, _, link, groups = rest[0]
+    wire = groups.encrypt("line-3", b"after m9 left")
+    link.send_group("line-3", wire)
+    time.sleep(0.5)
+    assert removed[2].group_messages.empty()  # the broker no longer gives m9 the topic
+    for other, _, olink, ogroups in rest[1:]:
+        assert ogroups.decrypt("line-3", client.device_id, olink.group_messages.get(timeout=10)[1]) == b"after m9 left"
+    with pytest.raises(UnknownChain):  # even holding the wire, its old chain does not open it
+        removed[3].decrypt("line-3", client.device_id, wire)
+    admin.close()
+    for link in [m[2] for m in members] + [outsider[2]]:
+        link.close()

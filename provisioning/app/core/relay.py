@@ -4,8 +4,6 @@ it stays until the client acknowledges it."""
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,11 +16,12 @@ log = logging.getLogger(__name__)
 
 
 class RelayBridge:
-    def __init__(self, broker: Any, sessions: sessionmaker[Session]) -> None:
-        self._sessions = sessions
-        broker.watch_inboxes(self._on_inbox)
+    """`on_inbox` goes to the broker admin (e2ee_host.broker.DynSec(on_inbox=...)) before it connects."""
 
-    def _on_inbox(self, fleet: str, device_id: str, payload: bytes) -> None:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def on_inbox(self, fleet: str, device_id: str, payload: bytes) -> None:
         try:
             sender, envelope = topics.unframe(payload)
         except ValueError:
