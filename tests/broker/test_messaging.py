@@ -381,3 +381,32 @@ def test_group_over_the_broker(system, tmp_path) -> None:  # type: ignore[no-unt
     admin.close()
     for link in [m[2] for m in members] + [outsider[2]]:
         link.close()
+
+
+def test_tls_listener(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The TLS listener with the development CA made at run time: a device connects over TLS with
+    its credentials when it trusts that CA, and a client that does not trust it is refused."""
+    import ssl
+
+    from e2ee_host.broker import DynSec
+    with MosquittoProcess(tmp_path / "tls-broker", tls=True) as broker:
+        assert broker.tls_files and broker.tls_port
+        DynSec(broker.host, broker.port, broker.admin_user, broker.admin_password).provision_device(
+            FLEET, "tls-dev", "tls-password")
+        context = ssl.create_default_context(cafile=str(broker.tls_files["ca"]))
+        context.check_hostname = False  # the dev certificate names "localhost", the test dials 127.0.0.1
+        device = MQTTClient("tls-dev", broker.host, broker.tls_port, "tls-dev", "tls-password", ssl=context)
+        assert device.connect() == 0  # CONNACK accepted, over TLS
+        got: list[bytes] = []
+        device.set_callback(lambda t, m: got.append(m))
+        device.subscribe(topics.inbox(FLEET, "tls-dev"), 1)
+        device.publish(topics.inbox(FLEET, "tls-dev"), topics.frame("tls-dev", b"over tls"), qos=1)
+        while not got:
+            device.wait_msg()
+        assert got == [topics.frame("tls-dev", b"over tls")]
+        device.disconnect()
+        untrusting = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-dev-2")
+        untrusting.tls_set()  # the system's CAs only
+        with pytest.raises(ssl.SSLError):
+            untrusting.connect(broker.host, broker.tls_port)
+        assert not (tmp_path / "tls-broker" / "tls" / "server.key").stat().st_mode & 0o077
