@@ -11,7 +11,10 @@
 # identity keys, the session record keeps its serial and not_after, and every encrypt() and
 # decrypt() refuses a peer the current revocation list names (PeerRevoked) or whose certificate
 # has expired (PeerExpired), before anything changes.
+import hashlib
+import json
 import struct
+from binascii import hexlify
 
 from e2ee import crypto
 
@@ -31,6 +34,9 @@ except ImportError:
         return x
 
 _KEY = const(32)
+_MAX_NAME = const(32)  # store.MAX_NAME
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
+_INDEX = "peer-index"
 # Session record: format byte, flags, the peer's identity (IK.pub || IS.pub), in version 2 the
 # peer's certificate serial and not_after, optional parts per flag, then the ratchet state
 # (ratchet.py). Version 1 (0x41, no certificate) is still written for uncertified sessions, so
@@ -190,11 +196,34 @@ class SessionManager:
     def bundle(self, opk_id=None):
         return self.keystore.bundle(opk_id)
 
+    # Device ids may hold capitals and "." (docs/provisioning.md); record names may not
+    # (store.py): such peers are stored under "p" + 30 hex digits of SHA-256(id), and an index
+    # record maps those names back to the ids.
+    def _name(self, peer):
+        if len(peer) <= _MAX_NAME and peer != _INDEX and all(c in _NAME_CHARS for c in peer):
+            return peer
+        return "p" + hexlify(hashlib.sha256(peer.encode()).digest()[:15]).decode()
+
+    def _index(self):
+        try:
+            return json.loads(self._sessions.get(_INDEX))
+        except NotFound:
+            return {}
+
     def peers(self):
-        return self._sessions.names()
+        index = None
+        out = []
+        for name in self._sessions.names():
+            if name == _INDEX:
+                continue
+            if len(name) == 31 and name[0] == "p":  # possibly a hashed name
+                index = self._index() if index is None else index
+                name = index.get(name, name)
+            out.append(name)
+        return sorted(out)
 
     def has_session(self, peer):
-        return peer in self._sessions.names()
+        return self._name(peer) in self._sessions.names()
 
     # The peer's identity (IK.pub, IS.pub) as bound to this session.
     def peer_identity(self, peer):
@@ -208,16 +237,22 @@ class SessionManager:
 
     # The stored bytes of a peer's session record (encrypted file contents are not exposed).
     def session_bytes(self, peer):
-        return bytes(self._sessions.get(peer))
+        return bytes(self._sessions.get(self._name(peer)))
 
     def _load(self, peer):
         try:
-            return _Record.from_bytes(self._sessions.get(peer), self._rng)
+            return _Record.from_bytes(self._sessions.get(self._name(peer)), self._rng)
         except NotFound:
             raise NoSession("no session with %s" % peer)
 
     def _save(self, peer, record):
-        self._sessions.put(peer, record.to_bytes())
+        name = self._name(peer)
+        if name != peer:
+            index = self._index()
+            if index.get(name) != peer:
+                index[name] = peer
+                self._sessions.put(_INDEX, json.dumps(index).encode())
+        self._sessions.put(name, record.to_bytes())
 
     # With a TrustStore: the peer's certificate for this identity (ik, is), verified (trust.py);
     # returns (serial, not_after). Without one: (None, 0), the certificate not looked at.
