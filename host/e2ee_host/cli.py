@@ -6,6 +6,8 @@
     e2ee devices show DEVICE_ID
     e2ee devices revoke DEVICE_ID [--reason TEXT]
     e2ee devices clear-lock DEVICE_ID
+    e2ee groups add --fleet F --group G DEVICE_ID...      members read and write the group topic
+    e2ee groups remove --fleet F --group G DEVICE_ID...
     e2ee cert status SERIAL
     e2ee crl show [--ca-keys FILE]
     e2ee flash --port PORT [--app FILE]
@@ -122,6 +124,15 @@ def _devices_clear_lock(client: OperatorClient, args: argparse.Namespace) -> Any
     client.clear_registration_lock(args.device_id)
     return {"device_id": args.device_id, "registration_lock": False} if args.json else \
         "registration lock of %s cleared" % args.device_id
+
+
+def _groups(client: OperatorClient, args: argparse.Namespace) -> Any:
+    change = client.add_group_member if args.command == "add" else client.remove_group_member
+    for device_id in args.device_ids:
+        change(args.fleet, args.group, device_id)
+    verb = "added to" if args.command == "add" else "removed from"
+    return {"group": args.group, args.command: args.device_ids} if args.json else "%s %s group %s/%s" % (
+        ", ".join(args.device_ids), verb, args.fleet, args.group)
 
 
 def _cert_status(client: OperatorClient, args: argparse.Namespace) -> Any:
@@ -359,6 +370,15 @@ def _parser() -> argparse.ArgumentParser:
         if name == "revoke":
             d.add_argument("--reason", default="")
         d.set_defaults(run=run)
+
+    grp = groups.add_parser("groups", help="group membership on the broker").add_subparsers(dest="command",
+                                                                                            required=True)
+    for name in ("add", "remove"):
+        g = grp.add_parser(name, help="%s members" % name)
+        g.add_argument("--fleet", required=True)
+        g.add_argument("--group", required=True)
+        g.add_argument("device_ids", nargs="+")
+        g.set_defaults(run=_groups)
 
     cert = groups.add_parser("cert", help="certificates").add_subparsers(dest="command", required=True)
     s = cert.add_parser("status", help="status of a certificate serial (hex)")

@@ -178,6 +178,13 @@ class OperatorClient(ServiceClient):
     def revoke(self, device_id: str, reason: str = "") -> dict[str, Any]:
         return self._op("POST", "/devices/%s/revoke" % device_id, {"reason": reason})  # type: ignore[no-any-return]
 
+    def add_group_member(self, fleet: str, group: str, device_id: str) -> None:
+        """The device's broker client may read and write the group topic from now on."""
+        self._op("PUT", "/groups/%s/%s/members/%s" % (fleet, group, device_id))
+
+    def remove_group_member(self, fleet: str, group: str, device_id: str) -> None:
+        self._op("DELETE", "/groups/%s/%s/members/%s" % (fleet, group, device_id))
+
     def clear_registration_lock(self, device_id: str) -> None:
         self._op("DELETE", "/devices/%s/registration-lock" % device_id)
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from e2ee_host.fleet_ca import FileCAKeystore
-from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, health, keys, links, me, metrics, relay, revocations
+from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, groups, health, keys, links, me, metrics, relay, revocations
 from e2ee_provisioning.core.authority import ensure_revocation_list
 from e2ee_provisioning.core.blobstore import make_blob_store
 from e2ee_provisioning.core.relay import RelayBridge
@@ -54,6 +54,6 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     app.state.ca = FileCAKeystore(settings.ca_path)
     app.state.broker = broker
     app.state.blobs = make_blob_store(settings)
-    for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links, relay):
+    for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links, relay, groups):
         app.include_router(module.router)
     return app
