@@ -34,6 +34,19 @@ class ProvisionError(Exception):
     pass
 
 
+# The timestamp a signed request carries: at least `ts` and above every one this board signed
+# before (the service refuses a write that is not newer than the last), remembered on flash.
+def _timestamp(config, ts):
+    from e2ee.protocol.store import NotFound
+    try:
+        last = int(config.get("last-ts"))
+    except NotFound:
+        last = 0
+    ts = max(int(ts), last + 1)
+    config.put("last-ts", str(ts).encode())
+    return ts
+
+
 def _b64(data):
     return binascii.b2a_base64(data).decode().strip()
 
@@ -73,7 +86,7 @@ def generate(one_time=20, force=False):
     store.put(_KEYSTORE, ks.to_bytes())
     config = _store(CONFIG_DIR, "config")
     config.put(_PUBLIC, ks.ik_pub + ks.is_pub)
-    for name in (_UPLOADED, _DEVICE, _DEVICE_ID):  # a new identity is not enrolled and has published nothing
+    for name in (_UPLOADED, _DEVICE, _DEVICE_ID, "last-ts"):  # a new identity is not enrolled and has published nothing
         if name in config.names():
             config.delete(name)
     return json.dumps({"ik_pub": _b64(ks.ik_pub), "is_pub": _b64(ks.is_pub),
@@ -139,15 +152,65 @@ def prekeys(path, ts, spk=True, new=0):
     ks = None
     body = json.dumps(doc)
     doc = None
+    ts = _timestamp(config, ts)
     signature = _keystore().sign(enrollment.request_message("POST", path, ts, device_id, body.encode()))
     last = opks[-1]["opk_id"] if opks else sent
-    return json.dumps({"body": body, "signature": _b64(signature), "last_opk": last, "count": len(opks)})
+    return json.dumps({"body": body, "signature": _b64(signature), "last_opk": last, "count": len(opks), "ts": ts})
 
 
 # After the service accepted an upload: one-time prekeys up to last_opk are published.
 def uploaded(last_opk):
     _store(CONFIG_DIR, "config").put(_UPLOADED, str(last_opk).encode())
     return json.dumps({"uploaded": last_opk})
+
+
+# --- host-assisted backup (docs/backup.md): the provisioning host seals the board's records ---
+
+_STORES = ((KEYS_DIR, "keys"), (CONFIG_DIR, "config"), (board.DATA_DIR + "/sessions", "sessions"))
+
+
+# [[kind, name], ...] of every record on the board.
+def records():
+    out = []
+    for directory, kind in _STORES:
+        out += [[kind, name] for name in _store(directory, kind).names()]
+    return json.dumps(out)
+
+
+# One record's plaintext, hex: it crosses the provisioning link to the host that seals the backup.
+def record(kind, name):
+    for directory, k in _STORES:
+        if k == kind:
+            return json.dumps(binascii.hexlify(_store(directory, kind).get(name)).decode())
+    raise ProvisionError("no record store %s" % kind)
+
+
+# Restores one record from a transfer file the host wrote (deleted here), encrypted under this
+# board's own storage key. Only on a board without an identity yet (a replacement board).
+def put_record(kind, name, path):
+    import os
+    with open(path, "rb") as f:
+        data = f.read()
+    os.remove(path)
+    for directory, k in _STORES:
+        if k == kind:
+            _store(directory, kind).put(name, data)
+            return json.dumps({"restored": kind + "/" + name})
+    raise ProvisionError("no record store %s" % kind)
+
+
+# Signs a request whose body the host wrote to `path` (deleted here), for the host to send.
+def sign_request(method, path, ts, body_path):
+    import os
+    from e2ee.protocol import enrollment
+    config = _store(CONFIG_DIR, "config")
+    device_id = config.get(_DEVICE_ID).decode()
+    with open(body_path, "rb") as f:
+        body = f.read()
+    os.remove(body_path)
+    ts = _timestamp(config, ts)
+    signature = _keystore().sign(enrollment.request_message(method, path, ts, device_id, body))
+    return json.dumps({"device_id": device_id, "signature": _b64(signature), "ts": ts})
 
 
 def status():

@@ -30,8 +30,8 @@ from e2ee import crypto
 from e2ee.crypto.errors import InvalidTag
 from e2ee.protocol.store import RecordStore
 
-__all__ = ["HOST_PARAMS", "BackupError", "KdfParams", "WrongPassphrase", "auth_hash", "auth_token", "export_state",
-           "import_state", "open_blob", "read_params", "seal"]
+__all__ = ["HOST_PARAMS", "BackupError", "KdfParams", "WrongPassphrase", "archive_of", "auth_hash", "auth_token",
+           "export_state", "import_state", "open_blob", "read_params", "records_of", "seal"]
 
 MAGIC = b"E2EEBK"
 VERSION = 1
@@ -123,25 +123,32 @@ def open_blob(blob: bytes, passphrase: str) -> bytes:
 
 # --- the archive: every record of the install's stores, length-prefixed -------------------
 
-def export_state(directory: str | os.PathLike[str], storage_key: bytes) -> bytes:
-    """The plaintext of every record under `directory` (stores keys/, sessions/, config/):
-    kind(1+n) name(1+n) data(4+n) per record, "E2EEAR1" first."""
+def archive_of(records: list[tuple[str, str, bytes]]) -> bytes:
+    """The archive of (kind, name, plaintext) records: "E2EEAR1", then per record
+    kind(1+n) name(1+n) data(4+n)."""
     out = [b"E2EEAR1"]
+    for kind, name, data in records:
+        if kind not in STORES:
+            raise BackupError("unknown record store %r" % kind)
+        out += [bytes((len(kind),)), kind.encode(), bytes((len(name),)), name.encode(), struct.pack(">I", len(data)),
+                data]
+    return b"".join(out)
+
+
+def export_state(directory: str | os.PathLike[str], storage_key: bytes) -> bytes:
+    """The archive of every record under `directory` (stores keys/, sessions/, config/)."""
+    records = []
     for kind in STORES:
         path = Path(directory) / kind
         if not path.is_dir():
             continue
         store = RecordStore(str(path), kind, storage_key)
-        for name in store.names():
-            data = bytes(store.get(name))
-            out += [bytes((len(kind),)), kind.encode(), bytes((len(name),)), name.encode(),
-                    struct.pack(">I", len(data)), data]
-    return b"".join(out)
+        records += [(kind, name, bytes(store.get(name))) for name in store.names()]
+    return archive_of(records)
 
 
-def import_state(archive: bytes, directory: str | os.PathLike[str], storage_key: bytes) -> int:
-    """Writes the archive's records into `directory`, encrypted with this install's storage key;
-    returns how many. Refuses a directory that already holds records."""
+def records_of(archive: bytes) -> list[tuple[str, str, bytes]]:
+    """The (kind, name, plaintext) records of an archive; BackupError when it is damaged."""
     if archive[:7] != b"E2EEAR1":
         raise BackupError("not an e2ee-iot state archive")
     records = []
@@ -162,6 +169,13 @@ def import_state(archive: bytes, directory: str | os.PathLike[str], storage_key:
             pos += 4 + size
     except (IndexError, struct.error, UnicodeDecodeError):
         raise BackupError("archive is truncated") from None
+    return records
+
+
+def import_state(archive: bytes, directory: str | os.PathLike[str], storage_key: bytes) -> int:
+    """Writes the archive's records into `directory`, encrypted with this install's storage key;
+    returns how many. Refuses a directory that already holds records."""
+    records = records_of(archive)
     for kind in STORES:
         if (Path(directory) / kind).is_dir() and RecordStore(str(Path(directory) / kind), kind, storage_key).names():
             raise BackupError("%s already holds %s records: restore into a new install" % (directory, kind))

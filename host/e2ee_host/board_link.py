@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -23,8 +24,8 @@ from typing import Any
 
 from e2ee_host import micropython as e2ee_micropython
 
-__all__ = ["AlreadyEnrolled", "BoardBusy", "BoardError", "BoardFailed", "BoardLink", "BoardMissing", "flash",
-           "provision"]
+__all__ = ["AlreadyEnrolled", "BoardBusy", "BoardError", "BoardFailed", "BoardLink", "BoardMissing", "backup_board",
+           "flash", "provision", "restore_board"]
 
 Progress = Callable[[str], None]
 
@@ -144,7 +145,7 @@ def upload_prekeys(board: BoardLink, service: Any, device_id: str, *, signed_pre
         if signed["count"] == 0 and not signed_prekey:
             return inventory
         inventory = service.call("POST", "/keys", content=signed["body"].encode(), headers={
-            "Content-Type": "application/json", "X-E2EE-Device": device_id, "X-E2EE-Timestamp": str(ts),
+            "Content-Type": "application/json", "X-E2EE-Device": device_id, "X-E2EE-Timestamp": str(signed["ts"]),
             "X-E2EE-Signature": signed["signature"]})
         board.call("__import__('e2ee.provision').provision.uploaded(%d)" % signed["last_opk"])
         signed_prekey = False
@@ -220,3 +221,66 @@ def provision(port: str, url: str, token: str, device_id: str, fleet: str, *, on
         finally:
             service.close()
     return {**installed, "fingerprint": public["fingerprint"], "one_time_prekeys": inventory["one_time_prekeys"]}
+
+
+# --- host-assisted backup of a board (docs/backup.md) -----------------------------------------
+
+_TRANSFER_FILE = "e2ee_data/transfer.bin"
+
+
+def _agent(expression: str) -> str:
+    return "__import__('e2ee.provision').provision." + expression
+
+
+def backup_board(port: str, url: str, passphrase: str, *, params: Any = None,
+                 progress: Progress = _quiet) -> dict[str, Any]:
+    """Reads the board's records over the provisioning link, seals them here with Argon2id (the
+    host's parameters: the board cannot afford them) and stores the blob with a request the
+    board signs. Returns the service's answer (size, parameters)."""
+    from e2ee_host import backup
+    from e2ee_host.client import ServiceClient
+    with BoardLink(port, timeout=15) as board:
+        names = board.call(_agent("records()"))
+        records = [(kind, name, bytes.fromhex(board.call(_agent("record(%r, %r)" % (kind, name)))))
+                   for kind, name in names]
+        progress("read %d records from the board" % len(records))
+        blob, auth = backup.seal(backup.archive_of(records), passphrase, params or backup.HOST_PARAMS)
+        progress("sealed %d bytes on this host (Argon2id + ChaCha20-Poly1305)" % len(blob))
+        body = hashlib.sha256(auth).digest() + blob
+        board.put(body, _TRANSFER_FILE)
+        ts = int(time.time())
+        status = board.call(_agent("status()"))
+        path = "/backups/%s" % status["device_id"]
+        signed = board.call(_agent("sign_request('PUT', %r, %d, %r)" % (path, ts, _TRANSFER_FILE)), timeout=120)
+    service = ServiceClient(url)
+    try:
+        return service.call("PUT", path, content=body, headers={  # type: ignore[no-any-return]
+            "Content-Type": "application/octet-stream", "X-E2EE-Device": signed["device_id"],
+            "X-E2EE-Timestamp": str(signed["ts"]), "X-E2EE-Signature": signed["signature"]})
+    finally:
+        service.close()
+
+
+def restore_board(port: str, url: str, device_id: str, passphrase: str, *, progress: Progress = _quiet) -> dict[str, Any]:
+    """Fetches and opens the device's backup here, then writes its records onto a replacement
+    board that has no identity yet, under that board's own storage key."""
+    import base64 as b64
+
+    from e2ee_host import backup
+    from e2ee_host.client import ServiceClient
+    service = ServiceClient(url)
+    try:
+        p = service.backup_params(device_id)
+        kdf = backup.KdfParams(p["memory_kib"], p["iterations"], p["lanes"])
+        blob = service.fetch_backup(device_id, backup.auth_token(b64.b64decode(p["salt"]), kdf, passphrase))
+    finally:
+        service.close()
+    records = backup.records_of(backup.open_blob(blob, passphrase))
+    with BoardLink(port, timeout=15) as board:
+        if board.call(_agent("status()"))["identity"]:
+            raise AlreadyEnrolled("the board already has an identity: restore onto a fresh board")
+        for kind, name, data in records:
+            board.put(data, _TRANSFER_FILE)
+            board.call(_agent("put_record(%r, %r, %r)" % (kind, name, _TRANSFER_FILE)))
+        progress("wrote %d records to the board" % len(records))
+        return board.call(_agent("status()"))  # type: ignore[no-any-return]

@@ -13,6 +13,8 @@
     e2ee flash --port PORT [--app FILE]
     e2ee provision --port PORT --claim TOKEN --device-id ID --fleet F [--one-time N] [--force]
     e2ee board virtual --flash DIR [--profile esp32|rp2040|unix]
+    e2ee board backup --port PORT [--passphrase-file F]          sealed on this host, stored by the service
+    e2ee board restore --port PORT --device-id ID [--passphrase-file F]   onto a replacement board
     e2ee client init --dir D --device-id ID --fleet F --claim TOKEN     a host client's install
     e2ee client show --dir D
     e2ee client link-qr --dir D [--png FILE] [--yes]                    this install is the new device
@@ -329,6 +331,19 @@ def _client_restore(args: argparse.Namespace) -> Any:
         "restored %s with %d sessions into %s" % (inst.device_id, len(inst.sessions.peers()), args.dir)
 
 
+def _board_backup(args: argparse.Namespace) -> Any:
+    from e2ee_host.board_link import backup_board
+    stored = backup_board(args.port, args.url, _passphrase(args, confirm=True), progress=_progress(args))
+    return stored if args.json else "backup of the board stored: %d bytes" % stored["size"]
+
+
+def _board_restore(args: argparse.Namespace) -> Any:
+    from e2ee_host.board_link import restore_board
+    status = restore_board(args.port, args.url, args.device_id, _passphrase(args), progress=_progress(args))
+    return status if args.json else "restored %s onto the board at %s (fingerprint %s)" % (
+        status["device_id"], args.port, status["fingerprint"])
+
+
 def _progress(args: argparse.Namespace) -> Any:
     def show(line: str) -> None:
         if not args.json:
@@ -407,6 +422,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--flash", required=True, help="the board's flash directory")
     v.add_argument("--profile", default="esp32", choices=["esp32", "rp2040", "unix"])
     v.set_defaults(board=_board_virtual)
+    for name, run, help_text in (("backup", _board_backup, "back up a board's identity and sessions"),
+                                 ("restore", _board_restore, "restore a backup onto a fresh board")):
+        v = b.add_parser(name, help=help_text)
+        v.add_argument("--port", required=True)
+        v.add_argument("--passphrase-file")
+        if name == "restore":
+            v.add_argument("--device-id", required=True)
+        v.set_defaults(board=run)
 
     client = groups.add_parser("client", help="a host client's install (identity, links, backup)")
     cs = client.add_subparsers(dest="command", required=True)
