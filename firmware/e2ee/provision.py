@@ -213,6 +213,13 @@ def sign_request(method, path, ts, body_path):
     return json.dumps({"device_id": device_id, "signature": _b64(signature), "ts": ts})
 
 
+# The board as the owner's primary (docs/linking.md): its signature approving a link.
+def sign_approval(owner, device_id, fingerprint_hex):
+    from e2ee.protocol import linking
+    message = linking.approval_message(owner, device_id, binascii.unhexlify(fingerprint_hex))
+    return json.dumps(_b64(_keystore().sign(message)))
+
+
 def status():
     from e2ee.protocol.store import NotFound
     try:

@@ -284,3 +284,67 @@ def restore_board(port: str, url: str, device_id: str, passphrase: str, *, progr
             board.call(_agent("put_record(%r, %r, %r)" % (kind, name, _TRANSFER_FILE)))
         progress("wrote %d records to the board" % len(records))
         return board.call(_agent("status()"))  # type: ignore[no-any-return]
+
+
+# --- a board as the owner's primary in QR linking (docs/linking.md) ----------------------------
+
+def _board_signed(board: BoardLink, service: Any, method: str, path: str, body: bytes = b"") -> Any:
+    """A request the board signs (the body travels to it as a file)."""
+    board.put(body, _TRANSFER_FILE)
+    signed = board.call(_agent("sign_request(%r, %r, %d, %r)" % (method, path, int(time.time()), _TRANSFER_FILE)),
+                        timeout=120)
+    headers = {"X-E2EE-Device": signed["device_id"], "X-E2EE-Timestamp": str(signed["ts"]),
+               "X-E2EE-Signature": signed["signature"]}
+    if body:
+        headers["Content-Type"] = "application/json"
+    return service.call(method, path, content=body or None, headers=headers)
+
+
+def approve_link_from_board(port: str, url: str, payload: str, owner: str, *, confirm: Callable[[str], bool],
+                            timeout: float = 120.0, progress: Progress = _quiet) -> dict[str, Any]:
+    """The linking primary's side run by a board: it checks the QR fingerprint against the new
+    device's certificate with the CA keys it holds, derives the channel and the check code, and
+    signs the approval; the host only carries bytes (rendezvous, service)."""
+    from e2ee.protocol import certificate, keys, linking
+    from e2ee_host.client import ServiceClient
+    from e2ee_host.linking import LinkRefused, fetch_slot, put_slot
+    offer = linking.Offer.parse(payload)
+    service = ServiceClient(url)
+    try:
+        with BoardLink(port, timeout=15) as board:
+            device = json.loads(bytes.fromhex(board.call(_agent("record('config', 'device')"))))
+            trusted = [base64.b64decode(k) for k in device["ca_keys"]]
+            ident = _board_signed(board, service, "GET", "/identities/%s" % offer.device_id)
+            cert = certificate.verify_certificate(base64.b64decode(ident["certificate"]), trusted, int(time.time()))
+            if cert.device_id != offer.device_id or keys.fingerprint(
+                    cert.identity_dh, cert.identity_sign) != offer.fingerprint:
+                raise LinkRefused("the QR code's fingerprint does not match %s's certified identity" % offer.device_id)
+            status = board.call(_agent("status()"))
+            hello = json.dumps({"owner": owner, "primary": status["device_id"], "fingerprint": status["fingerprint"]})
+            made = _board_channel(board, payload, hello)  # the channel stays in the board's RAM
+            put_slot(service, offer.rendezvous(), "offer", bytes.fromhex(made["message"]))
+            progress("check code on the board: %s" % made["code"])
+            if not confirm(made["code"]):
+                raise LinkRefused("the check codes differ: someone else answered the QR code")
+            answer_data = fetch_slot(service, offer.rendezvous(), "answer", timeout)
+            answer = json.loads(bytes.fromhex(board.call("__import__('json').dumps(_e2ee_link.open_answer(%r).hex())"
+                                                         % answer_data)))
+            if answer.get("device_id") != offer.device_id or not answer.get("accept"):
+                raise LinkRefused("the new device declined")
+            signature = board.call(_agent("sign_approval(%r, %r, %r)" % (owner, offer.device_id, offer.fingerprint.hex())))
+            body = json.dumps({"owner": owner, "device_id": offer.device_id,
+                               "fingerprint": base64.b64encode(offer.fingerprint).decode(), "approval": signature})
+            result = _board_signed(board, service, "POST", "/links", body.encode())
+    finally:
+        service.close()
+    return {**result, "check_code": made["code"]}
+
+
+def _board_channel(board: BoardLink, payload: str, hello: str) -> dict[str, Any]:
+    """Runs Channel.for_primary on the board; the channel stays in its REPL as _e2ee_link."""
+    out = board.exec(
+        "import json\nfrom e2ee.protocol import linking as _l\n"
+        "_o = _l.Offer.parse(%r)\n_e2ee_link, _pub = _l.Channel.for_primary(_o)\n"
+        "print(json.dumps({'message': (bytes(_pub) + _e2ee_link.seal_offer(%r.encode())).hex(),"
+        " 'code': _e2ee_link.check_code}))" % (payload, hello), timeout=60)
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]

@@ -44,3 +44,38 @@ def test_backup_a_board_and_restore_it_onto_a_replacement(tmp_path) -> None:  # 
                                 "--device-id", "valve-9", "--passphrase-file", str(secret)],
                                capture_output=True, text=True, timeout=120)
             assert r.returncode == 3 and "already has an identity" in r.stderr
+
+
+def test_a_board_as_the_owners_primary(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A provisioned virtual board approves a new device from its QR payload: the fingerprint
+    check, the channel, the check code and the approval signature happen on the board."""
+    import threading
+
+    from e2ee.protocol.keys import KeyStore
+    from e2ee_host.board_link import approve_link_from_board
+    from e2ee_host.client import DeviceClient
+    from e2ee_host.linking import NewDeviceLink
+    with ServiceProcess(tmp_path / "service.log", data_dir=tmp_path / "svc", operator_api_key=OPERATOR_KEY) as service:
+        op = OperatorClient(service.url, OPERATOR_KEY)
+        tablet = DeviceClient(service.url, "acme-tablet", "plant-north", KeyStore.generate(2))
+        tablet.enroll(op.create_claims("plant-north").tokens[0])
+        with VirtualBoard(tmp_path / "hub", "esp32") as hub:
+            flash(hub.port)
+            provision(hub.port, service.url, op.create_claims("plant-north", owner="acme").tokens[0], "acme-hub",
+                      "plant-north", one_time=2)
+            link = NewDeviceLink(tablet)
+            codes: list[str] = []
+            waiter = threading.Thread(target=lambda: (codes.append(link.wait(60)), link.accept()))
+            waiter.start()
+
+            def confirm(code: str) -> bool:
+                while not codes:  # the tablet's screen
+                    waiter.join(0.1)
+                return code == codes[0]
+
+            result = approve_link_from_board(hub.port, service.url, link.offer.payload(), "acme", confirm=confirm)
+            waiter.join(30)
+        assert result["device_id"] == "acme-tablet" and result["check_code"] == codes[0]
+        assert link.hello["primary"] == "acme-hub"
+        devices = {d["device_id"]: d["primary"] for d in tablet.signed("GET", "/owners/acme/devices")}
+        assert devices == {"acme-hub": None, "acme-tablet": "acme-hub"}
