@@ -82,6 +82,9 @@ class VirtualBoard:
         tty.setraw(self._port_slave)
         self.port = os.ttyname(self._port_slave)
         self._board_master: int | None = None
+        # interpreter ptys the relay must close: only the relay thread closes them, so it never
+        # selects on a closed descriptor nor reads one the number of which was reused meanwhile
+        self._retired: list[int] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._banner_seen = threading.Event()
@@ -117,7 +120,7 @@ class VirtualBoard:
         self._await_prompt()
         return self
 
-    def _await_prompt(self, timeout: float = 10.0) -> None:
+    def _await_prompt(self, timeout: float = 20.0) -> None:
         # the REPL banner ends with ">>> "; wait for the process to be up before mpremote talks
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -142,18 +145,31 @@ class VirtualBoard:
         self.power_cut()
         return self.boot()
 
-    def _detach(self) -> None:
+    def _detach(self, only: int | None = None) -> None:
         with self._lock:
+            if only is not None and self._board_master != only:
+                return  # that interpreter is already gone and a new one may be up
             master, self._board_master = self._board_master, None
-        if master is not None:
-            os.close(master)
+            if master is not None:
+                self._retired.append(master)
         os.write(self._wake_w, b"d")
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for fd in retired:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def stop(self) -> None:
         self.power_cut()
         self._closed = True
         os.write(self._wake_w, b"x")
         self._relay.join(5)
+        if not self._relay.is_alive():
+            self._close_retired()
         for fd in (self._port_master, self._port_slave, self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -167,17 +183,44 @@ class VirtualBoard:
         self.stop()
 
     # Relay between the serial side and the running interpreter's pty. While the board is off,
-    # what the host sends is dropped, as on a powered-down UART.
+    # what the host sends is dropped, as on a powered-down UART; what the board prints while no
+    # host reads the port for PORT_STALL_S is dropped too, so a closed port never stalls the relay.
+    PORT_STALL_S = 2.0
+
+    def _to_port(self, data: bytes, board: int) -> None:
+        view = memoryview(data)
+        stalled_since = time.monotonic()
+        while view:
+            _, writable, _ = select.select([], [self._port_master], [], 0.05)
+            if not writable:
+                # output of a board that has been switched off since waits less
+                limit = self.PORT_STALL_S if self._board_master == board else 0.2
+                if self._closed or time.monotonic() - stalled_since > limit:
+                    return
+                continue
+            try:
+                n = os.write(self._port_master, view)
+            except BlockingIOError:
+                continue
+            view = view[n:]
+            stalled_since = time.monotonic()
+
     def _pump(self) -> None:
+        os.set_blocking(self._port_master, False)
         tail = b""
         while not self._closed:
+            self._close_retired()
             with self._lock:
                 board = self._board_master
+            if board is None:
+                tail = b""
             fds = [self._port_master, self._wake_r] + ([board] if board is not None else [])
             try:
                 ready, _, _ = select.select(fds, [], [])
             except (OSError, ValueError):
-                return
+                if self._closed:
+                    return
+                continue
             if self._wake_r in ready:
                 os.read(self._wake_r, 64)
                 continue
@@ -188,15 +231,17 @@ class VirtualBoard:
                     data = b""
                 if not data:
                     if self._proc is not None and self._proc.poll() is not None:
-                        self._detach()
+                        self._detach(only=board)
                     continue
                 if b">>> " in tail + data:  # the prompt may arrive split across reads
                     self._banner_seen.set()
                 tail = data[-4:]
-                os.write(self._port_master, data)
+                self._to_port(data, board)
             if self._port_master in ready:
                 try:
                     data = os.read(self._port_master, 4096)
+                except BlockingIOError:
+                    continue
                 except OSError:
                     return
                 if board is not None and data:
