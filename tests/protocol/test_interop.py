@@ -1,6 +1,7 @@
 """Device (MicroPython process) <-> host (CPython) sessions over a hostile network.
 
-X3DH in both directions, then at least 200 messages each way through a simulated network that
+X3DH in both directions, and both sides starting at once (simultaneous initiation, docs/protocol.md
+§6 "Session records"), then at least 200 messages each way through a simulated network that
 reorders, drops and duplicates, with both sides restarted from their stored sessions midway (the
 device by SIGKILL). Every delivered message decrypts exactly once to its plaintext; every
 duplicate is refused with DuplicateMessage.
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import DEVICE_TESTS
 
-from e2ee.protocol import ratchet
+from e2ee.protocol import ratchet, session
 from e2ee.protocol.keys import PrekeyBundle
 from e2ee.protocol.session import SessionManager
 
@@ -136,6 +137,31 @@ class Link:
                 self.decrypted.add(seq)
 
 
+def converse(rng: random.Random, device: Device, host: Host, a_to_b: Link, b_to_a: Link) -> None:
+    """Sends and delivers at random until MESSAGES went each way, restarts both sides midway,
+    then delivers the rest: every message that was not dropped decrypted exactly once."""
+    restarted = False
+    while a_to_b.sent < MESSAGES or b_to_a.sent < MESSAGES:
+        for _ in range(rng.randrange(0, 4)):
+            a_to_b.send("b")
+        if b_to_a.queue or a_to_b.decrypted or b_to_a.sent:  # b needs a session to send
+            for _ in range(rng.randrange(0, 4)):
+                b_to_a.send("a")
+        a_to_b.deliver(rng.randrange(0, 5))
+        b_to_a.deliver(rng.randrange(0, 5))
+        if not restarted and a_to_b.sent > MESSAGES // 2:
+            device.restart()  # power cut: SIGKILL, reopen from flash
+            host.restart()
+            restarted = True
+    for link in (a_to_b, b_to_a):
+        link.deliver(len(link.queue))
+        assert not link.queue
+        assert len(link.decrypted) == link.sent - link.dropped
+        assert link.sent >= MESSAGES
+    assert restarted and a_to_b.duplicates_refused + b_to_a.duplicates_refused > 0
+    assert a_to_b.dropped + b_to_a.dropped > 0
+
+
 @pytest.mark.parametrize("initiator", ["device", "host"])
 def test_device_host_conversation(micropython, tmp_path, initiator):
     rng = random.Random("interop-" + initiator)
@@ -147,26 +173,38 @@ def test_device_host_conversation(micropython, tmp_path, initiator):
         b_to_a = Link(rng, b, a, "b")
         a_to_b.send("b")
         a_to_b.deliver(1)  # b holds a session only once a's first message arrived
-        restarted = False
-        while a_to_b.sent < MESSAGES or b_to_a.sent < MESSAGES:
-            for _ in range(rng.randrange(0, 4)):
-                a_to_b.send("b")
-            if b_to_a.queue or a_to_b.decrypted:
-                for _ in range(rng.randrange(0, 4)):
-                    b_to_a.send("a")
-            a_to_b.deliver(rng.randrange(0, 5))
-            b_to_a.deliver(rng.randrange(0, 5))
-            if not restarted and a_to_b.sent > MESSAGES // 2:
-                device.restart()  # power cut: SIGKILL, reopen from flash
-                host.restart()
-                restarted = True
-        for link in (a_to_b, b_to_a):
-            link.deliver(len(link.queue))
-            assert not link.queue
-            assert len(link.decrypted) == link.sent - link.dropped
-            assert link.sent >= MESSAGES
-        assert restarted and a_to_b.duplicates_refused + b_to_a.duplicates_refused > 0
-        assert a_to_b.dropped + b_to_a.dropped > 0
+        converse(rng, device, host, a_to_b, b_to_a)
+    finally:
+        device.close()
+
+
+@pytest.mark.parametrize("first", ["device", "host"])
+def test_device_host_simultaneous_start(micropython, tmp_path, first):
+    # Both fetch the other's bundle and start a session before either hears from the other; their
+    # PreKeyMessages cross and `first` decrypts the other's first. Each side then holds the
+    # session it answered as current and its own archived; the conversation goes on over the
+    # hostile network (messages of both sessions in flight, a restart midway) and nothing that
+    # was not dropped is lost.
+    rng = random.Random("simultaneous-" + first)
+    device, host = Device(micropython, tmp_path / "device"), Host(tmp_path / "host")
+    try:
+        a, b = (device, host) if first == "device" else (host, device)
+        a.start("b", b.bundle())
+        b.start("a", a.bundle())
+        a_to_b = Link(rng, a, b, "a")
+        b_to_a = Link(rng, b, a, "b")
+        for _ in range(3):  # PreKeyMessages of both sessions
+            a_to_b.send("b")
+            b_to_a.send("a")
+        assert a_to_b.queue and b_to_a.queue, "some PreKeyMessages of each side got through"
+        b_to_a.deliver(1)  # a decrypts one of b's PreKeyMessages first
+        a_to_b.send("b")  # a's first message in the session it answered
+        a_to_b.deliver(2)
+        converse(rng, device, host, a_to_b, b_to_a)
+        host_peer, device_peer = ("a", "b") if first == "device" else ("b", "a")
+        records = (host.manager.session_bytes(host_peer), bytes.fromhex(device._call("session", device_peer)))
+        for record in records:
+            assert len(session._Record.from_bytes(record).states) == 2, "both sessions kept"
     finally:
         device.close()
 

@@ -6,6 +6,14 @@
 # lost in a crash is a gap the peer skips; a key is never used twice); decrypt() persists only
 # after the AEAD check passed, and deletes a used one-time prekey only after that.
 #
+# Several states per peer (docs/protocol.md §6, "Session records"; Signal's SessionRecord): the
+# current state, which every encrypt() uses, and up to MAX_ARCHIVED_STATES earlier ones. A new
+# session (start() or a PreKeyMessage with a new base key) archives the current state instead of
+# discarding it; decrypt() tries the current state, then the archived ones, and the one that
+# decrypted becomes current (unless the current one is a session this side started and the peer
+# has not answered yet). So two peers that start sessions with each other at the same time, or
+# one that starts over while messages of the old session are in flight, lose nothing.
+#
 # With a TrustStore (trust.py; docs/protocol.md §6, "Certified sessions") every session is bound to
 # a Fleet CA certificate of the peer: start() and PreKeyMessages need one for that peer id and those
 # identity keys, the session record keeps its serial and not_after, and every encrypt() and
@@ -25,7 +33,7 @@ crypto.default.resolve()
 
 from e2ee.protocol import envelope, ratchet, x3dh  # noqa: E402
 from e2ee.protocol.keys import KeyStore  # noqa: E402
-from e2ee.protocol.store import NotFound, RecordStore  # noqa: E402
+from e2ee.protocol.store import MAX_RECORD, NotFound, RecordStore  # noqa: E402
 
 try:
     from micropython import const
@@ -38,16 +46,30 @@ _MAX_NAME = const(32)  # store.MAX_NAME
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
 _INDEX = "peer-index"
 # Session record: format byte, flags, the peer's identity (IK.pub || IS.pub), in version 2 the
-# peer's certificate serial and not_after, optional parts per flag, then the ratchet state
-# (ratchet.py). Version 1 (0x41, no certificate) is still written for uncertified sessions, so
-# managers without a TrustStore keep their records byte for byte, and read everywhere.
+# peer's certificate serial and not_after, the current state's X3DH facts per flag, in version 3
+# the archive, then the current ratchet state (ratchet.py). Version 1 (0x41, no certificate) is
+# still written for uncertified sessions, so managers without a TrustStore keep their records
+# byte for byte, and read everywhere. Version 3 keeps the format byte (0x41 or 0x42: whether the
+# session is certified) and sets flag _ARCHIVE; its archive section starts with ARCHIVE_FORMAT.
+# Readers of versions 1 and 2 refuse the unknown flag (BadRecord) instead of misreading it.
 RECORD_FORMAT = const(0x41)  # record kind 4, version 1: uncertified
 RECORD_FORMAT_CERTIFIED = const(0x42)  # record kind 4, version 2: + serial (16) || be64(not_after)
+ARCHIVE_FORMAT = const(0x43)  # record kind 4, version 3: the archive section (flag _ARCHIVE)
+# §6 "Session records": earlier states kept per peer besides the current one (libsignal keeps 40).
+# One event (both peers starting at once, or one starting over) leaves two live sessions, which
+# one archived state covers; the second covers two such events that overlap (both peers starting
+# over at once, as devices on one schedule do, or a restart during a race). Each one costs a
+# ratchet state in the record (350-530 bytes, more with skipped keys), rewritten with every
+# message, and a trial decryption (up to 3 X25519) for every message no state reads.
+MAX_ARCHIVED_STATES = const(2)
 _SERIAL = const(16)
 _CERTIFIED_SIZE = const(24)
 _PENDING = const(1)  # initiator not yet answered: keep sending PreKeyMessages (X3DH §3.3)
 _RESPONDER = const(2)  # session began from the initiator's base key stored after the flags
+_ARCHIVE = const(4)  # version 3: the archive section follows the current state's facts
 _PENDING_SIZE = const(40)  # base_key (32) || be32(spk_id) || be32(opk_id)
+_ARCHIVE_HEADER = const(2)  # ARCHIVE_FORMAT || u8 count
+_ENTRY_HEADER = const(3)  # archived state: flags || be16 length of its ratchet state
 _KEYSTORE_RECORD = "keystore"
 
 
@@ -92,32 +114,37 @@ class UncertifiedSession(PeerRefused):
     pass
 
 
-# The stored form of one peer's session: identity, the X3DH facts still needed, the ratchet.
-class _Record:
-    def __init__(self, peer_ik, peer_is, state, pending=None, base_key=None, serial=None, not_after=0):
-        self.peer_ik = peer_ik
-        self.peer_is = peer_is
-        self.state = state  # ratchet.Session
+# One session state of a peer: the ratchet and the X3DH facts it still needs. `ratchet` is a
+# ratchet.Session, or, for an archived state not used since the record was read, its serialized
+# bytes (a copy: the record's buffer can go), parsed only when a message is tried against it.
+class _State:
+    def __init__(self, ratchet_state, pending=None, base_key=None):
+        self.ratchet = ratchet_state
         self.pending = pending  # (base_key, spk_id, opk_id) while the initiator awaits a reply
-        self.base_key = base_key  # responder: the initiator's base key this session came from
-        self.serial = serial  # the peer's certificate serial (16 bytes), None if uncertified
-        self.not_after = not_after  # and its end of validity (Unix seconds)
+        self.base_key = base_key  # responder: the initiator's base key this state came from
 
-    def to_bytes(self):
-        state = self.state.to_bytes()
-        flags = (_PENDING if self.pending else 0) | (_RESPONDER if self.base_key else 0)
-        certified = _CERTIFIED_SIZE if self.serial else 0
-        out = bytearray(2 + 2 * _KEY + certified + (_PENDING_SIZE if self.pending else 0)
-                        + (_KEY if self.base_key else 0) + len(state))
-        out[0] = RECORD_FORMAT_CERTIFIED if certified else RECORD_FORMAT
-        out[1] = flags
-        out[2:34] = self.peer_ik
-        out[34:66] = self.peer_is
-        pos = 66
-        if certified:
-            out[pos:pos + _SERIAL] = self.serial
-            struct.pack_into(">Q", out, pos + _SERIAL, self.not_after)
-            pos += _CERTIFIED_SIZE
+    def flags(self):
+        return (_PENDING if self.pending else 0) | (_RESPONDER if self.base_key else 0)
+
+    # The ratchet.Session, parsed on first use.
+    def session(self, rng):
+        if not isinstance(self.ratchet, ratchet.Session):
+            try:
+                self.ratchet = ratchet.from_bytes(self.ratchet, rng)
+            except ratchet.StateDecodeError as e:
+                raise BadRecord("session record: %s" % e)
+        return self.ratchet
+
+    def facts_size(self):
+        return (_PENDING_SIZE if self.pending else 0) + (_KEY if self.base_key else 0)
+
+    def ratchet_size(self):
+        if isinstance(self.ratchet, ratchet.Session):
+            return self.ratchet.serialized_size()
+        return len(self.ratchet)
+
+    # [pending] || [base key] at `pos` of `out`; returns where they end.
+    def write_facts(self, out, pos):
         if self.pending:
             out[pos : pos + _KEY] = self.pending[0]
             struct.pack_into(">II", out, pos + _KEY, self.pending[1], self.pending[2])
@@ -125,37 +152,143 @@ class _Record:
         if self.base_key:
             out[pos : pos + _KEY] = self.base_key
             pos += _KEY
-        out[pos:] = state
+        return pos
+
+    # The ratchet state at `pos` of `out` (no copy of a parsed one); returns where it ends.
+    def write_ratchet(self, out, pos):
+        end = pos + self.ratchet_size()
+        if isinstance(self.ratchet, ratchet.Session):
+            self.ratchet.to_bytes_into(memoryview(out)[pos:end])
+        else:
+            out[pos:end] = self.ratchet
+        return end
+
+
+# The X3DH facts `flags` announce at `pos` of `data`: (pending, base_key, end).
+def _read_facts(data, pos, flags):
+    pending = base_key = None
+    if flags & _PENDING:
+        spk_id, opk_id = struct.unpack_from(">II", data, pos + _KEY)
+        pending = (bytes(data[pos : pos + _KEY]), spk_id, opk_id)
+        pos += _PENDING_SIZE
+    if flags & _RESPONDER:
+        base_key = bytes(data[pos : pos + _KEY])
+        pos += _KEY
+    if pos > len(data):
+        raise BadRecord("session record is truncated")
+    return pending, base_key, pos
+
+
+# Version 3's archive section at `pos` of `data` (a memoryview): appends its states to `states`,
+# returns where it ends.
+def _read_archive(data, pos, states):
+    fmt, count = data[pos : pos + _ARCHIVE_HEADER] if pos + _ARCHIVE_HEADER <= len(data) else (0, 0)
+    if fmt != ARCHIVE_FORMAT or not 0 < count <= MAX_ARCHIVED_STATES:
+        raise BadRecord("session record has a malformed archive")
+    pos += _ARCHIVE_HEADER
+    for _ in range(count):
+        flags, size = struct.unpack_from(">BH", data, pos) if pos + _ENTRY_HEADER <= len(data) else (0xFF, 0)
+        if flags & ~(_PENDING | _RESPONDER):
+            raise BadRecord("session record has a malformed archive")
+        pending, base_key, pos = _read_facts(data, pos + _ENTRY_HEADER, flags)
+        if pos + size > len(data):
+            raise BadRecord("session record is truncated")
+        states.append(_State(bytes(data[pos : pos + size]), pending, base_key))
+        pos += size
+    return pos
+
+
+# The stored form of one peer's sessions (Signal's SessionRecord): the peer's identity and
+# certificate, and its states: the current one first, then up to MAX_ARCHIVED_STATES earlier
+# ones, the most recently archived first.
+class _Record:
+    def __init__(self, peer_ik, peer_is, states, serial=None, not_after=0):
+        self.peer_ik = peer_ik
+        self.peer_is = peer_is
+        self.states = states  # _States; states[0] is current: every encrypt() uses it
+        self.serial = serial  # the peer's certificate serial (16 bytes), None if uncertified
+        self.not_after = not_after  # and its end of validity (Unix seconds)
+
+    # `state` becomes current, the current one is archived; the oldest beyond the bound go.
+    def push(self, state):
+        self.states.insert(0, state)
+        del self.states[1 + MAX_ARCHIVED_STATES:]
+
+    # After states[i] decrypted a message: an archived state becomes current, unless the
+    # current state is one this side started and the peer has not answered yet. That one keeps
+    # sending PreKeyMessages, which build its match on the other side; the older state may be
+    # one the peer no longer holds (the reason to start over).
+    def used(self, i):
+        if i and not self.states[0].pending:
+            self.push(self.states.pop(i))
+
+    # Index of the state answered from the initiator's `base_key`, or None.
+    def find_base_key(self, base_key):
+        for i in range(len(self.states)):
+            if self.states[i].base_key == base_key:
+                return i
+        return None
+
+    def _archive_size(self):
+        if len(self.states) < 2:
+            return 0
+        return _ARCHIVE_HEADER + sum([_ENTRY_HEADER + s.facts_size() + s.ratchet_size()
+                                      for s in self.states[1:]])
+
+    # The record's bytes. The current state always fits MAX_RECORD; archived states that would
+    # not fit beside it are dropped, the oldest first.
+    def to_bytes(self):
+        states = self.states
+        current = states[0]
+        certified = _CERTIFIED_SIZE if self.serial else 0
+        size = 2 + 2 * _KEY + certified + current.facts_size() + current.ratchet_size()
+        while len(states) > 1 and size + self._archive_size() > MAX_RECORD:
+            del states[-1]
+        out = bytearray(size + self._archive_size())
+        out[0] = RECORD_FORMAT_CERTIFIED if certified else RECORD_FORMAT
+        out[1] = current.flags() | (_ARCHIVE if len(states) > 1 else 0)
+        out[2:34] = self.peer_ik
+        out[34:66] = self.peer_is
+        pos = 66
+        if certified:
+            out[pos : pos + _SERIAL] = self.serial
+            struct.pack_into(">Q", out, pos + _SERIAL, self.not_after)
+            pos += _CERTIFIED_SIZE
+        pos = current.write_facts(out, pos)
+        if len(states) > 1:
+            out[pos] = ARCHIVE_FORMAT
+            out[pos + 1] = len(states) - 1
+            pos += _ARCHIVE_HEADER
+            for state in states[1:]:
+                struct.pack_into(">BH", out, pos, state.flags(), state.ratchet_size())
+                pos = state.write_ratchet(out, state.write_facts(out, pos + _ENTRY_HEADER))
+        current.write_ratchet(out, pos)
         return out
 
+    # Reads versions 1, 2 and 3. Archived ratchet states stay serialized until used.
     @classmethod
     def from_bytes(cls, data, rng=None):
         fmt = data[0] if len(data) else 0
         certified = _CERTIFIED_SIZE if fmt == RECORD_FORMAT_CERTIFIED else 0
         if (len(data) < 66 + certified or (fmt != RECORD_FORMAT and not certified)
-                or data[1] & ~(_PENDING | _RESPONDER)):
+                or data[1] & ~(_PENDING | _RESPONDER | _ARCHIVE)):
             raise BadRecord("session record has an unknown format or flags")
         flags = data[1]
         data = memoryview(data)
         pos = 66
-        pending = base_key = serial = None
+        serial = None
         not_after = 0
         if certified:
             serial = bytes(data[pos:pos + _SERIAL])
             not_after = struct.unpack_from(">Q", data, pos + _SERIAL)[0]
             pos += _CERTIFIED_SIZE
-        if flags & _PENDING:
-            spk_id, opk_id = struct.unpack_from(">II", data, pos + _KEY)
-            pending = (bytes(data[pos : pos + _KEY]), spk_id, opk_id)
-            pos += _PENDING_SIZE
-        if flags & _RESPONDER:
-            base_key = bytes(data[pos : pos + _KEY])
-            pos += _KEY
-        try:
-            state = ratchet.from_bytes(data[pos:], rng)
-        except ratchet.StateDecodeError as e:
-            raise BadRecord("session record: %s" % e)
-        return cls(bytes(data[2:34]), bytes(data[34:66]), state, pending, base_key, serial, not_after)
+        pending, base_key, pos = _read_facts(data, pos, flags)
+        states = [None]
+        if flags & _ARCHIVE:
+            pos = _read_archive(data, pos, states)
+        states[0] = _State(data[pos:], pending, base_key)
+        states[0].session(rng)
+        return cls(bytes(data[2:34]), bytes(data[34:66]), states, serial, not_after)
 
 
 class SessionManager:
@@ -240,10 +373,17 @@ class SessionManager:
         return bytes(self._sessions.get(self._name(peer)))
 
     def _load(self, peer):
+        record = self._find(peer)
+        if record is None:
+            raise NoSession("no session with %s" % peer)
+        return record
+
+    # The peer's record, or None.
+    def _find(self, peer):
         try:
             return _Record.from_bytes(self._sessions.get(self._name(peer)), self._rng)
         except NotFound:
-            raise NoSession("no session with %s" % peer)
+            return None
 
     def _save(self, peer, record):
         name = self._name(peer)
@@ -275,7 +415,8 @@ class SessionManager:
         if trust.expired_by_list(record.not_after) or (now is not None and now >= record.not_after):
             raise PeerExpired("certificate of %s expired at %d" % (peer, record.not_after))
 
-    # X3DH as initiator (§2) from the peer's bundle; replaces any earlier session with that peer.
+    # X3DH as initiator (§2) from the peer's bundle; the new session becomes current, an earlier
+    # one with that peer is archived (its late messages still decrypt).
     # With a TrustStore, peer_certificate (the peer's SignedCertificate) must be valid for device
     # id `peer` and the bundle's identity keys (now: Unix seconds, or None without a clock);
     # without one, passing a certificate raises SessionError (it could not be checked).
@@ -283,13 +424,22 @@ class SessionManager:
         if self.trust is None and peer_certificate is not None:
             raise SessionError("no TrustStore to verify the certificate of %s with" % peer)
         serial, not_after = self._certify(peer, peer_certificate, now, bundle.ik_pub, bundle.is_pub)
-        if self.has_session(peer) and self.peer_identity(peer) != (bundle.ik_pub, bundle.is_pub):
+        record = self._find(peer)
+        if record is not None and (record.peer_ik, record.peer_is) != (bundle.ik_pub, bundle.is_pub):
             raise UntrustedIdentity("bundle of %s carries another identity than its session" % peer)
         sk, ad, base_key, spk_id, opk_id = x3dh.initiate(self.keystore, bundle, rng=self._rng)
-        state = ratchet.init_initiator(sk, bundle.spk_pub, ad, self._rng)
-        record = _Record(bundle.ik_pub, bundle.is_pub, state, (base_key, spk_id, opk_id or 0),
-                         None, serial, not_after)
-        self._save(peer, record)
+        state = _State(ratchet.init_initiator(sk, bundle.spk_pub, ad, self._rng),
+                       (base_key, spk_id, opk_id or 0))
+        self._save(peer, self._with_new_state(record, bundle.ik_pub, bundle.is_pub, state, serial, not_after))
+
+    # `record` with `state` as its new current state (a new record if None), certified by
+    # (serial, not_after).
+    def _with_new_state(self, record, ik, is_, state, serial, not_after):
+        if record is None:
+            return _Record(ik, is_, [state], serial, not_after)
+        record.push(state)
+        record.serial, record.not_after = serial, not_after
+        return record
 
     # Records a renewed certificate of a peer in its session (TrustStore required): it must be
     # valid for device id `peer` and the session's identity keys. Later checks use its serial.
@@ -308,13 +458,14 @@ class SessionManager:
     def encrypt(self, peer, plaintext, now=None):
         record = self._load(peer)
         self._check_peer(peer, record, now)
+        state = record.states[0]
         own = b""
-        if record.pending and self.trust is not None:
+        if state.pending and self.trust is not None:
             own = self.trust.own_certificate()
-        dh, pn, n, ciphertext = record.state.encrypt(plaintext)
+        dh, pn, n, ciphertext = state.ratchet.encrypt(plaintext)
         message = envelope.RatchetMessage(dh, pn, n, ciphertext)
-        if record.pending:
-            base_key, spk_id, opk_id = record.pending
+        if state.pending:
+            base_key, spk_id, opk_id = state.pending
             message = envelope.PreKeyMessage(self.keystore.ik_pub, self.keystore.is_pub, base_key,
                                              spk_id, opk_id, message, own)
         out = envelope.encode(message)
@@ -323,7 +474,11 @@ class SessionManager:
 
     # Decrypts an envelope from peer; returns the plaintext. Any failure raises a typed error
     # (envelope DecodeError, ratchet RatchetError, X3DH KeyAgreementError, SessionError, and with a
-    # TrustStore certificate.CertificateError) and leaves every stored record as it was.
+    # TrustStore certificate.CertificateError) and leaves every stored record as it was. A
+    # RatchetMessage is tried against the current state, then the archived ones (newest first):
+    # a DuplicateMessage from any of them is raised at once (the message was received: this is
+    # what keeps at-least-once delivery exactly-once), and when all fail the current state's
+    # error is raised.
     def decrypt(self, peer, data, now=None):
         message = envelope.decode(data)
         if isinstance(message, envelope.PreKeyMessage):
@@ -332,36 +487,54 @@ class SessionManager:
             raise SessionError("control messages are not for the session cipher")
         record = self._load(peer)
         self._check_peer(peer, record, now)
-        plaintext = record.state.decrypt(message.dh, message.pn, message.n, message.ciphertext)
-        record.pending = None  # the peer answered: it holds the session (X3DH §3.3)
-        self._save(peer, record)
-        return plaintext
+        error = None
+        for i in range(len(record.states)):
+            state = record.states[i]
+            try:
+                plaintext = self._decrypt_in(state, message)
+            except ratchet.DuplicateMessage:
+                raise
+            except ratchet.RatchetError as e:
+                error = error or e
+                continue
+            state.pending = None  # the peer answered: it holds the session (X3DH §3.3)
+            record.used(i)
+            self._save(peer, record)
+            return plaintext
+        raise error
 
-    # X3DH as responder (§2), or a repeated PreKeyMessage of the session it already started. With
-    # a TrustStore the sender certificate must be valid for `peer` and the message's identity
-    # keys before any key agreement; without one it is not looked at.
+    # One RatchetMessage against one state; the state changes only if it decrypts.
+    def _decrypt_in(self, state, message):
+        return state.session(self._rng).decrypt(message.dh, message.pn, message.n, message.ciphertext)
+
+    # X3DH as responder (§2), or a repeated PreKeyMessage of a session it already answered: the
+    # state answered from that base key, current or archived, decrypts it (X3DH does not run
+    # again). A new session becomes current and archives the current one. With a TrustStore the
+    # sender certificate must be valid for `peer` and the message's identity keys before any key
+    # agreement; without one it is not looked at.
     def _decrypt_prekey(self, peer, message, now):
         identity = (bytes(message.identity_dh), bytes(message.identity_sign))
         serial, not_after = self._certify(peer, message.sender_certificate, now, identity[0], identity[1])
-        record = None
-        if self.has_session(peer):
-            record = self._load(peer)
+        record = self._find(peer)
+        i = None
+        if record is not None:
             if (record.peer_ik, record.peer_is) != identity:
                 raise UntrustedIdentity("prekey message for %s carries another identity" % peer)
-            if record.base_key != bytes(message.base_key):
-                record = None  # the peer started over: a new session replaces the old on success
-            else:
-                self._check_peer(peer, record, now)
+            i = record.find_base_key(bytes(message.base_key))
         delete_opk = None
-        if record is None:
+        if i is None:
             sk, ad, delete_opk = x3dh.respond(self.keystore, identity[0], identity[1], message.base_key,
                                               message.signed_prekey_id, message.one_time_prekey_id)
             pair = self.keystore.signed_prekey_pair(message.signed_prekey_id)
-            state = ratchet.init_responder(sk, pair, ad, self._rng)
-            record = _Record(identity[0], identity[1], state, None, bytes(message.base_key), serial,
-                             not_after)
-        inner = message.message
-        plaintext = record.state.decrypt(inner.dh, inner.pn, inner.n, inner.ciphertext)
+            state = _State(ratchet.init_responder(sk, pair, ad, self._rng), None, bytes(message.base_key))
+        else:
+            self._check_peer(peer, record, now)
+            state = record.states[i]
+        plaintext = self._decrypt_in(state, message.message)
+        if i is None:
+            record = self._with_new_state(record, identity[0], identity[1], state, serial, not_after)
+        else:
+            record.used(i)
         self._save(peer, record)
         if delete_opk is not None and self.keystore.remove_one_time_prekey(delete_opk):
             self.save_keys()  # only now: a forged prekey message cannot burn a one-time prekey
