@@ -15,11 +15,13 @@ the board profile's budget.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import select
 import signal
 import subprocess
+import termios
 import threading
 import time
 import tty
@@ -62,6 +64,26 @@ BOARD_PROFILES = {
 }
 
 
+def _uart_mode(fd: int) -> None:
+    """Raw, except that Ctrl-C interrupts running code, as a board's UART does: the unix port
+    switches its terminal to raw mode (no signals) at the REPL and back to this mode while it runs
+    code, when the kernel turns a Ctrl-C into SIGINT, which the port raises as KeyboardInterrupt."""
+    tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    attrs[3] |= termios.ISIG
+    cc = attrs[6]
+    cc[termios.VINTR] = b"\x03"
+    cc[termios.VQUIT] = cc[termios.VSUSP] = b"\x00"  # disabled: no other byte is a signal
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def _own_terminal() -> None:
+    # in the child: a session of its own (a power cut kills the group), its pty as controlling
+    # terminal so that Ctrl-C reaches it
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class VirtualBoard:
     def __init__(self, flash_dir: str | os.PathLike[str], profile: str = "esp32",
                  micropython: str | None = None, heap: str | None = None, sdk: str = "mpy") -> None:
@@ -77,10 +99,11 @@ class VirtualBoard:
                              "%dK" % (int(self.profile.heap[:-1]) + MPY_SDK_HEAP_KB))
         self.binary = micropython or e2ee_micropython.binary()
         # the serial side mpremote talks to
-        self._port_master, self._port_slave = pty.openpty()
+        self._port_master, slave = pty.openpty()
         tty.setraw(self._port_master)
-        tty.setraw(self._port_slave)
-        self.port = os.ttyname(self._port_slave)
+        tty.setraw(slave)
+        self.port = os.ttyname(slave)
+        os.close(slave)  # the host opens it; while nobody does, the master reports a hang-up
         self._board_master: int | None = None
         # interpreter ptys the relay must close: only the relay thread closes them, so it never
         # selects on a closed descriptor nor reads one the number of which was reused meanwhile
@@ -107,11 +130,11 @@ class VirtualBoard:
             raise VirtualBoardError("the board is already running")
         master, slave = pty.openpty()
         tty.setraw(master)
-        tty.setraw(slave)
+        _uart_mode(slave)
         self._banner_seen.clear()
         env = dict(os.environ, MICROPYPATH="lib:.frozen")
         self._proc = subprocess.Popen([self.binary, "-X", "heapsize=" + self.heap], stdin=slave, stdout=slave,
-                                      stderr=slave, cwd=self.flash, env=env, start_new_session=True)
+                                      stderr=slave, cwd=self.flash, env=env, preexec_fn=_own_terminal)
         os.close(slave)
         with self._lock:
             self._board_master = master
@@ -170,7 +193,7 @@ class VirtualBoard:
         self._relay.join(5)
         if not self._relay.is_alive():
             self._close_retired()
-        for fd in (self._port_master, self._port_slave, self._wake_r, self._wake_w):
+        for fd in (self._port_master, self._wake_r, self._wake_w):
             try:
                 os.close(fd)
             except OSError:
@@ -183,17 +206,29 @@ class VirtualBoard:
         self.stop()
 
     # Relay between the serial side and the running interpreter's pty. While the board is off,
-    # what the host sends is dropped, as on a powered-down UART; what the board prints while no
-    # host reads the port for PORT_STALL_S is dropped too, so a closed port never stalls the relay.
-    PORT_STALL_S = 2.0
+    # what the host sends is dropped, as on a powered-down UART. While no host has the port open,
+    # what the board prints is dropped, as a USB-serial bridge does; a host that has it open but
+    # does not read holds the board back (flow control: a busy host loses nothing) for up to
+    # PORT_STALL_S. Output of a board that has been switched off since waits a moment at most.
+    PORT_STALL_S = 30.0
+
+    def _host_has_port(self) -> bool:
+        poller = select.poll()
+        poller.register(self._port_master, select.POLLOUT)
+        return not any(ev & select.POLLHUP for _, ev in poller.poll(0))
 
     def _to_port(self, data: bytes, board: int) -> None:
         view = memoryview(data)
         stalled_since = time.monotonic()
+        poller = select.poll()
+        poller.register(self._port_master, select.POLLOUT)
         while view:
-            _, writable, _ = select.select([], [self._port_master], [], 0.05)
-            if not writable:
-                # output of a board that has been switched off since waits less
+            events = 0
+            for _, ev in poller.poll(50):
+                events |= ev
+            if events & select.POLLHUP:
+                return  # nobody has the port open: the bytes go nowhere
+            if not events & select.POLLOUT:
                 limit = self.PORT_STALL_S if self._board_master == board else 0.2
                 if self._closed or time.monotonic() - stalled_since > limit:
                     return
@@ -202,6 +237,8 @@ class VirtualBoard:
                 n = os.write(self._port_master, view)
             except BlockingIOError:
                 continue
+            except OSError:
+                return
             view = view[n:]
             stalled_since = time.monotonic()
 
@@ -214,9 +251,13 @@ class VirtualBoard:
                 board = self._board_master
             if board is None:
                 tail = b""
-            fds = [self._port_master, self._wake_r] + ([board] if board is not None else [])
+            # a port nobody has open reads as hung up at once: look again for a host every 50 ms
+            host = self._host_has_port()
+            if not host:  # what a host wrote just before it let go is still on the line
+                self._from_port(board)
+            fds = [self._wake_r] + ([self._port_master] if host else []) + ([board] if board is not None else [])
             try:
-                ready, _, _ = select.select(fds, [], [])
+                ready, _, _ = select.select(fds, [], [], None if host else 0.05)
             except (OSError, ValueError):
                 if self._closed:
                     return
@@ -238,14 +279,15 @@ class VirtualBoard:
                 tail = data[-4:]
                 self._to_port(data, board)
             if self._port_master in ready:
-                try:
-                    data = os.read(self._port_master, 4096)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
-                if board is not None and data:
-                    try:
-                        os.write(board, data)
-                    except OSError:
-                        pass
+                self._from_port(board)
+
+    def _from_port(self, board: int | None) -> None:
+        try:
+            data = os.read(self._port_master, 4096)
+        except OSError:  # nothing yet, or the host let go of the port
+            return
+        if board is not None and data:
+            try:
+                os.write(board, data)
+            except OSError:
+                pass
