@@ -14,7 +14,9 @@ from __future__ import annotations
 import getpass
 import glob
 import json
+import logging
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -23,6 +25,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,25 @@ import paho.mqtt.client as mqtt
 
 from e2ee.transport import topics
 
-__all__ = ["BrokerError", "DynSec", "MosquittoProcess", "dev_tls", "device_role", "service_role"]
+__all__ = ["BrokerError", "DynSec", "MosquittoProcess", "dev_tls", "device_role", "init_dynamic_security",
+           "service_role"]
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "broker-config" / "mosquitto.conf.template"
 CONTROL = "$CONTROL/dynamic-security/v1"
+SERVICE_ROLE = "e2ee-service"
+# Inbox messages received but not yet stored by the relay. The broker sends at most its
+# max_inflight_messages (20) unacknowledged ones, so this only fills with redeliveries; beyond it a
+# message stays unacknowledged at the broker, which sends it again on the next connection.
+MAX_INBOX_BACKLOG = 1000
+# QoS 1 messages (commands, relayed envelopes, revocation lists) paho may hold while waiting for
+# PUBACKs or a connection; beyond it publishing fails at once instead of growing memory.
+MAX_OUTGOING = 1000
+# paho's reconnect backoff doubles from 1 s up to this many seconds (its own default is 120 s:
+# after a long broker outage the admin would stay away up to two minutes after the broker is back)
+MAX_RECONNECT_DELAY = 30
+
+log = logging.getLogger(__name__)
 
 try:
     from e2ee_provisioning.core.broker import BrokerError
@@ -99,13 +116,37 @@ def dev_tls(directory: Path, hostname: str = "localhost") -> dict[str, Path]:
     return paths
 
 
+def init_dynamic_security(path: str | os.PathLike[str], admin_user: str, admin_password: str) -> None:
+    """The dynamic-security state file for a broker's first start (development and production,
+    docs/broker.md): `mosquitto_ctrl dynsec init` makes the admin client, then the admin gets the
+    service's role too (service_role(): publish revocation lists and relayed envelopes; without it
+    the broker acknowledges and silently drops both). Mode 0600: it holds password hashes."""
+    path = Path(path)
+    # the password goes in on stdin (mosquitto_ctrl asks twice), not on the command line where
+    # every local user could read it in /proc
+    subprocess.run([_find("mosquitto_ctrl"), "dynsec", "init", str(path), admin_user],
+                   input="%s\n%s\n" % (admin_password, admin_password), text=True, check=True,
+                   capture_output=True, umask=0o077)
+    state = json.loads(path.read_text())
+    state["roles"].append(service_role())
+    for client in state["clients"]:
+        if client["username"] == admin_user:
+            client["roles"].append({"rolename": SERVICE_ROLE})
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(state, indent=1))
+
+
 class MosquittoProcess:
     """The project's broker on 127.0.0.1:<free port> (and a TLS listener when tls=True), state in
     `data_dir` (kept across restart())."""
 
     def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, tls: bool = False) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # the admin secret, password hashes (dynsec state) and queued messages: the owner's only
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
         self.host = "127.0.0.1"
         self.port = port or _free_port()
         self.tls_port = _free_port() if tls else None
@@ -125,16 +166,7 @@ class MosquittoProcess:
     def _configure(self) -> Path:
         dynsec = self.data_dir / "dynamic-security.json"
         if not dynsec.exists():
-            subprocess.run([_find("mosquitto_ctrl"), "dynsec", "init", str(dynsec), self.admin_user,
-                            self.admin_password], check=True, capture_output=True)
-            # the service's own role: publish the retained revocation list of every fleet
-            state = json.loads(dynsec.read_text())
-            state["roles"].append(service_role())
-            for client in state["clients"]:
-                if client["username"] == self.admin_user:
-                    client["roles"].append({"rolename": "e2ee-service"})
-            dynsec.write_text(json.dumps(state, indent=1))
-            os.chmod(dynsec, 0o600)
+            init_dynamic_security(dynsec, self.admin_user, self.admin_password)
         tls = ""
         if self.tls_port:
             self.tls_files = self.tls_files or dev_tls(self.data_dir / "tls")
@@ -157,8 +189,9 @@ class MosquittoProcess:
                     return self
             except OSError:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self.data_dir / "mosquitto.log")
-                    raise BrokerError("mosquitto did not start: %s" % (log.read_text()[-500:] if log.exists() else ""))
+                    log_file = self.data_dir / "mosquitto.log"
+                    raise BrokerError("mosquitto did not start: %s" % (
+                        log_file.read_text()[-500:] if log_file.exists() else ""))
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -185,7 +218,7 @@ class MosquittoProcess:
 def service_role() -> dict[str, Any]:
     """The provisioning service publishes the revocation list of every fleet (retained) and, as
     the HTTP relay, envelopes into inboxes."""
-    return {"rolename": "e2ee-service", "acls": [
+    return {"rolename": SERVICE_ROLE, "acls": [
         {"acltype": "publishClientSend", "topic": topics.PREFIX + "+/crl", "priority": 0, "allow": True},
         {"acltype": "publishClientSend", "topic": topics.PREFIX + "+/d/+/inbox", "priority": 0, "allow": True}]}
 
@@ -202,75 +235,221 @@ def device_role(fleet: str, device_id: str) -> dict[str, Any]:
 
 class DynSec:
     """Admin of the broker's dynamic-security plugin: commands on $CONTROL/dynamic-security/v1,
-    answers matched by correlation data. Implements the provisioning service's BrokerAdmin."""
+    answers matched by correlation data. Implements the provisioning service's BrokerAdmin.
+
+    paho's network thread only reads packets: answers wake the waiting command(), inbox messages
+    for the relay go to a worker thread of their own (their store may wait on a database that a
+    request holding this admin locked) and are acknowledged (PUBACK) only once on_inbox returned.
+    Every (re)connect subscribes again before commands go out. Failures are BrokerError."""
 
     def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 10.0,
-                 client_id: str | None = None, on_inbox: Any = None) -> None:
+                 client_id: str | None = None, on_inbox: Callable[[str, str, bytes], None] | None = None,
+                 tls_ca: str | None = None) -> None:
         """client_id: a fixed id makes the session persistent (clean_session False), so inbox
-        messages for relay clients that arrive while the service is down wait at the broker.
-        on_inbox(fleet, device_id, payload): every inbox message (the relay); set before the
-        connection, so what the broker kept for this session is handled, not dropped."""
+        messages for relay clients that arrive while the service is down, or that it received but
+        had not stored, wait at the broker. on_inbox(fleet, device_id, payload): every inbox message
+        (the relay), called on the inbox worker, in order; an exception is logged (its type only)
+        and the same message is offered again after a pause, so a failing store delays the relay
+        but loses nothing. tls_ca: connect over TLS trusting this CA file (hostname checked).
+        Raises BrokerError when the broker refuses or does not answer within `timeout`."""
         self.timeout = timeout
-        self._answers: dict[str, dict[str, Any]] = {}
+        self._where = "%s:%d" % (host, port)
+        self._answers: dict[str, dict[str, Any]] = {}  # only for correlation ids in _waiting
+        self._waiting: set[str] = set()
         self._cond = threading.Condition()
+        self._ready = threading.Event()  # connected, and the subscriptions of this connection granted
+        self._lock = threading.Lock()  # orders subscribe() and its SUBACK
+        self._sub_mid: int | None = None
+        self._failure: str | None = None  # why the last connect or subscribe was refused
+        self._closing = threading.Event()
+        self._on_inbox = on_inbox
+        self._inbox: queue.Queue[Any] = queue.Queue(MAX_INBOX_BACKLOG)
+        self._worker: threading.Thread | None = None
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=client_id or "e2ee-admin-" + uuid.uuid4().hex[:8],
-                                   clean_session=client_id is None)
+                                   clean_session=client_id is None, manual_ack=True)
         self._client.username_pw_set(user, password)
+        if tls_ca is not None:
+            self._client.tls_set(ca_certs=tls_ca)
+        self._client.reconnect_delay_set(1, MAX_RECONNECT_DELAY)
+        self._client.max_queued_messages_set(MAX_OUTGOING)
         self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
         if on_inbox is not None:
-            def on_inbox_message(client: Any, userdata: Any, msg: Any) -> None:
-                parts = msg.topic.split("/")
-                on_inbox(parts[2], parts[4], bytes(msg.payload))
-            self._client.message_callback_add(topics.PREFIX + "+/d/+/inbox", on_inbox_message)
-        connected = threading.Event()
-        result: list[Any] = []
-        self._client.on_connect = lambda c, u, f, rc, p: (result.append(rc), connected.set())
-        self._client.connect(host, port)
+            self._client.message_callback_add(topics.PREFIX + "+/d/+/inbox", self._on_inbox_message)
+            self._worker = threading.Thread(target=self._inbox_worker, args=(on_inbox,), name="e2ee-relay-inbox",
+                                            daemon=True)
+            self._worker.start()
+        try:
+            self._client.connect(host, port)
+        except (OSError, ValueError) as e:  # refused, unreachable, TLS handshake (ssl.SSLError)
+            self._stop_worker()
+            raise BrokerError("no admin connection to the broker at %s: %s" % (self._where, type(e).__name__)) from None
         self._client.loop_start()
-        if not connected.wait(timeout) or result[0].is_failure:
-            self._client.loop_stop()
-            raise BrokerError("no admin connection to the broker at %s:%d (%s)" % (
-                host, port, result[0] if result else "timeout"))
-        self._client.subscribe(CONTROL + "/response", qos=1)
-        if on_inbox is not None:
-            self._client.subscribe(topics.PREFIX + "+/d/+/inbox", qos=1)
-        self._fleets: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while not self._ready.is_set() and self._failure is None and time.monotonic() < deadline:
+            self._ready.wait(0.05)
+        if not self._ready.is_set():
+            why = self._failure or "no answer within %.0f s" % timeout
+            self.close()
+            raise BrokerError("no admin connection to the broker at %s: %s" % (self._where, why))
+        self._check_service_role(user)
 
     def __repr__(self) -> str:
-        return "<DynSec>"
+        return "<DynSec %s>" % self._where
+
+    def _check_service_role(self, user: str) -> None:
+        """An MQTT 3.1.1 broker acknowledges a publish its ACLs deny and drops it: without the
+        service's role the revocation lists and relayed envelopes would vanish without an error."""
+        try:
+            roles = self.command("getClient", username=user)["data"]["client"].get("roles", [])
+        except (BrokerError, KeyError, TypeError, AttributeError):
+            return
+        if not any(isinstance(r, dict) and r.get("rolename") == SERVICE_ROLE for r in roles):
+            log.warning("broker admin %s lacks the role %s: the broker will drop the revocation lists "
+                        "and relayed envelopes it publishes (docs/broker.md, init_dynamic_security)",
+                        user, SERVICE_ROLE)
 
     def close(self) -> None:
-        self._client.loop_stop()
+        """Stops the inbox worker (what it had not stored stays unacknowledged: the broker sends
+        it again to the next session with this client id), then disconnects."""
+        self._stop_worker()
         self._client.disconnect()
+        self._client.loop_stop()
+
+    def _stop_worker(self) -> None:
+        self._closing.set()
+        if self._worker is not None:
+            try:
+                self._inbox.put_nowait(None)
+            except queue.Full:
+                pass  # the worker sees _closing after its current message
+            self._worker.join(self.timeout)
+
+    # --- paho's network thread: read, hand over, never wait ---
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            self._failure = "CONNACK %s" % rc
+            return
+        wanted = [(CONTROL + "/response", 1)]
+        if self._on_inbox is not None:
+            wanted.append((topics.PREFIX + "+/d/+/inbox", 1))
+        with self._lock:  # the SUBACK (same thread) cannot come before _sub_mid is known
+            result, self._sub_mid = client.subscribe(wanted)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            self._failure = "SUBSCRIBE not sent (%s)" % mqtt.error_string(result)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        with self._lock:
+            if mid != self._sub_mid:
+                return
+        if any(code.is_failure for code in codes):
+            self._failure = "the broker refused the admin's subscriptions (%s)" % ", ".join(str(c) for c in codes)
+            log.error("broker admin at %s: %s", self._where, self._failure)
+            return
+        self._failure = None
+        self._ready.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._ready.clear()
+        if not self._closing.is_set():
+            log.warning("broker admin lost its connection to %s (%s); reconnecting", self._where, rc)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        client.ack(msg.mid, msg.qos)  # an answer needs nothing durable: acknowledged at once
         try:
             doc = json.loads(msg.payload)
-        except ValueError:
+            answers = doc.get("responses", [])
+        except (ValueError, AttributeError):
             return
         with self._cond:
-            for answer in doc.get("responses", []):
-                if answer.get("correlationData"):
-                    self._answers[answer["correlationData"]] = answer
+            for answer in answers:
+                corr = answer.get("correlationData") if isinstance(answer, dict) else None
+                if corr in self._waiting:  # other admins' answers come on this topic too
+                    self._answers[corr] = answer
             self._cond.notify_all()
 
+    def _on_inbox_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            self._inbox.put_nowait(msg)
+        except queue.Full:  # not acknowledged: the broker sends it again on the next connection
+            log.warning("relay backlog full (%d messages): one inbox message left at the broker",
+                        MAX_INBOX_BACKLOG)
+
+    # --- the inbox worker: store, then acknowledge ---
+
+    def _inbox_worker(self, on_inbox: Callable[[str, str, bytes], None]) -> None:
+        while True:
+            msg = self._inbox.get()
+            if msg is None or self._closing.is_set():
+                return
+            parts = msg.topic.split("/")
+            pause = 0.5
+            while True:
+                try:
+                    on_inbox(parts[2], parts[4], bytes(msg.payload))
+                    break
+                except Exception as e:  # a database away or locked: keep the message, try again
+                    log.error("relay could not store an inbox message for %s (%s); retrying in %.1f s",
+                              parts[4], type(e).__name__, pause)
+                    if self._closing.wait(pause):
+                        return  # unacknowledged: the broker keeps it
+                    pause = min(pause * 2, MAX_RECONNECT_DELAY)
+            self._client.ack(msg.mid, msg.qos)
+
+    # --- commands ---
+
+    def _wait_ready(self, deadline: float, what: str) -> None:
+        """Waits (until `deadline`) for the connection and its subscriptions: after a broker
+        restart paho reconnects by itself, and a command sent before the answer topic is
+        subscribed again would never be answered."""
+        if not self._ready.wait(max(0.0, deadline - time.monotonic())):
+            raise BrokerError("%s: no connection to the broker at %s within %.0f s%s" % (
+                what, self._where, self.timeout, " (%s)" % self._failure if self._failure else ""))
+
     def command(self, command: str, **fields: Any) -> dict[str, Any]:
-        """Sends one command; returns the answer, BrokerError when the plugin refused it."""
-        corr = uuid.uuid4().hex
-        self._client.publish(CONTROL, json.dumps({"commands": [dict(fields, command=command,
-                                                                     correlationData=corr)]}), qos=1)
+        """Sends one command; returns the answer. Raises BrokerError when the plugin refused it or
+        the broker did not answer within `timeout` (waiting for a reconnection counts)."""
         deadline = time.monotonic() + self.timeout
+        self._wait_ready(deadline, command)
+        corr = uuid.uuid4().hex
         with self._cond:
-            while corr not in self._answers:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BrokerError("the broker did not answer %s within %.0f s" % (command, self.timeout))
-                self._cond.wait(left)
-            answer = self._answers.pop(corr)
+            self._waiting.add(corr)
+        try:
+            info = self._client.publish(CONTROL, json.dumps({"commands": [dict(fields, command=command,
+                                                                              correlationData=corr)]}), qos=1)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+                raise BrokerError("%s not sent: %s" % (command, mqtt.error_string(info.rc)))
+            with self._cond:
+                while corr not in self._answers:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise BrokerError("the broker did not answer %s within %.0f s" % (command, self.timeout))
+                    self._cond.wait(left)
+                answer = self._answers[corr]
+        finally:
+            with self._cond:
+                self._waiting.discard(corr)
+                self._answers.pop(corr, None)
         if answer.get("error"):
             raise BrokerError("%s refused: %s" % (command, answer["error"]))
         return answer
+
+    def _publish(self, topic: str, payload: bytes, retain: bool, what: str) -> None:
+        """QoS 1; returns once the broker acknowledged (PUBACK). BrokerError otherwise: then paho
+        may still deliver it after a reconnection (at least once)."""
+        deadline = time.monotonic() + self.timeout
+        self._wait_ready(deadline, what)
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        try:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        except (RuntimeError, ValueError) as e:
+            raise BrokerError("%s not sent: %s" % (what, e)) from None
+        if not info.is_published():
+            raise BrokerError("%s: no PUBACK from the broker within %.0f s" % (what, self.timeout))
 
     # --- what the provisioning service asks (e2ee_provisioning.core.broker.BrokerAdmin) ---
 
@@ -320,11 +499,11 @@ class DynSec:
     # --- the HTTP relay (e2ee_provisioning.core.relay) ---
 
     def publish_inbox(self, fleet: str, to: str, sender: str, envelope: bytes) -> None:
-        """An envelope into a device's inbox on behalf of `sender` (QoS 1)."""
-        info = self._client.publish(topics.inbox(fleet, to), topics.frame(sender, envelope), qos=1)
-        info.wait_for_publish(self.timeout)
+        """An envelope into a device's inbox on behalf of `sender` (QoS 1); BrokerError when the
+        broker did not acknowledge it within the timeout."""
+        self._publish(topics.inbox(fleet, to), topics.frame(sender, envelope), False, "relayed envelope")
 
     def publish_revocation_list(self, fleet: str, data: bytes) -> None:
-        """The signed revocation list, retained, on the fleet's topic (QoS 1)."""
-        info = self._client.publish(topics.crl(fleet), data, qos=1, retain=True)
-        info.wait_for_publish(self.timeout)
+        """The signed revocation list, retained, on the fleet's topic (QoS 1); BrokerError when the
+        broker did not acknowledge it within the timeout."""
+        self._publish(topics.crl(fleet), data, True, "revocation list")

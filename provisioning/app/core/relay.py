@@ -1,18 +1,34 @@
 """The relay's broker side (docs/broker.md, "Relay"): the service's admin client watches every
 inbox and stores each envelope addressed to a registered relay client in `relay_messages`, where
-it stays until the client acknowledges it."""
+it stays until the client acknowledges it.
+
+`RelayBridge.on_inbox` runs on the broker admin's inbox worker thread (e2ee_host.broker.DynSec),
+never on its network thread: it may wait for the database (a request holding SQLite's write lock
+while it drives the broker) without holding up the broker's answers. The admin acknowledges the
+MQTT message only after on_inbox returned, and offers it again when on_inbox raised, so a database
+error or a service that dies loses nothing (it may store a message twice: at least once, and the
+recipient's Double Ratchet refuses the second copy)."""
 from __future__ import annotations
 
 import logging
-from sqlalchemy import select
+import re
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from e2ee.protocol.envelope import MAX_ENVELOPE
 from e2ee.transport import topics
-from e2ee_provisioning.models import Device, RelayClient, RelayMessage, utcnow
+from e2ee_provisioning.models import DEVICE_ID_MAX, Device, RelayClient, RelayMessage, utcnow
 
-__all__ = ["RelayBridge"]
+__all__ = ["MAX_BACKLOG", "RelayBridge"]
 
 log = logging.getLogger(__name__)
+
+# Envelopes kept for one relay client until it acknowledges them: 10000 x MAX_ENVELOPE is at most
+# about 50 MB per client. Beyond it new ones are dropped (counted in the log), so a device of the
+# fleet flooding an inbox cannot fill the database; the broker's own queues are bounded alike.
+MAX_BACKLOG = 10_000
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9._-]{1,%d}$" % DEVICE_ID_MAX)
 
 
 class RelayBridge:
@@ -20,17 +36,32 @@ class RelayBridge:
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self._dropped = 0  # envelopes dropped on full backlogs since the start
 
     def on_inbox(self, fleet: str, device_id: str, payload: bytes) -> None:
+        """Stores the envelope when `device_id` is a relay client. What cannot be an envelope from a
+        device (not a frame, a sender that is not a device id, an empty or oversized envelope) is
+        dropped: the relay serves only what the protocol could have sent. Raises what the database
+        raises (the admin then offers the message again)."""
         try:
             sender, envelope = topics.unframe(payload)
         except ValueError:
+            return
+        if not _DEVICE_ID.match(sender) or not 0 < len(envelope) <= MAX_ENVELOPE:
             return
         with self._sessions() as session:
             device_pk = session.scalar(select(Device.id).join(RelayClient, RelayClient.device_pk == Device.id)
                                        .where(Device.device_id == device_id, Device.fleet == fleet))
             if device_pk is None:
                 return  # a device on MQTT: not the relay's business
-            session.add(RelayMessage(device_pk=device_pk, sender=sender[:64], envelope=bytes(envelope),
+            backlog = session.scalar(select(func.count()).select_from(RelayMessage)
+                                     .where(RelayMessage.device_pk == device_pk))
+            if backlog is not None and backlog >= MAX_BACKLOG:
+                self._dropped += 1
+                if self._dropped % 1000 == 1:  # a flood does not flood the log too
+                    log.warning("relay backlog of %s is full (%d envelopes): envelope dropped (%d so far)",
+                                device_id, backlog, self._dropped)
+                return
+            session.add(RelayMessage(device_pk=device_pk, sender=sender, envelope=bytes(envelope),
                                      received_at=utcnow()))
             session.commit()
