@@ -1,4 +1,4 @@
-"""Encrypted backup of a client's state (docs/backup.md): identity, sessions and settings sealed on
+"""Encrypted backup of a client's state (docs/backup.md): identity, sessions, settings and trust sealed on
 the client under a key from the user's passphrase (Argon2id, RFC 9106) with ChaCha20-Poly1305
 (RFC 8439), so the service that stores the blob cannot read it.
 
@@ -42,8 +42,10 @@ _NONCE = 12
 MAX_BLOB = 4 * 1024 * 1024
 _KEY_INFO = b"e2ee-iot backup key v1"
 _AUTH_INFO = b"e2ee-iot backup auth v1"
-# Record stores of an install, by directory name (the directory name is the store's kind).
-STORES = ("keys", "sessions", "config")
+# Record stores of an install, by directory name (the directory name is the store's kind). "trust"
+# (pinned CA keys, own certificate, revocation list) is absent from archives made before installs
+# kept a trust store; HostInstall.open() rebuilds it then. Boards' archives have no "trust" either.
+STORES = ("keys", "sessions", "config", "trust")
 
 
 class BackupError(ValueError):
@@ -136,7 +138,7 @@ def archive_of(records: list[tuple[str, str, bytes]]) -> bytes:
 
 
 def export_state(directory: str | os.PathLike[str], storage_key: bytes) -> bytes:
-    """The archive of every record under `directory` (stores keys/, sessions/, config/)."""
+    """The archive of every record under `directory` (stores keys/, sessions/, config/, trust/)."""
     records = []
     for kind in STORES:
         path = Path(directory) / kind

@@ -23,11 +23,15 @@
     e2ee client revoke-linked --dir D --owner O DEVICE_ID
     e2ee client backup --dir D [--passphrase-file F]
     e2ee client restore --dir NEW --device-id ID [--passphrase-file F]
+    e2ee client renew --dir D --claim TOKEN                             new certificate and MQTT credentials
+    e2ee client send --dir D PEER TEXT|-                                encrypt, publish (docs/host-client.md)
+    e2ee client receive --dir D [--timeout S] [--count N]               decrypt, print "sender: text" lines
 
 The service address and operator key come from --url / --api-key or E2EE_URL / E2EE_API_KEY
 (`flash`, `provision` and `board` need no operator key: a device enrolls with its claim).
 `--json` prints the service's answer as JSON. Exit status: 0 done, 1 the service refused (its
-reason is printed), 2 usage or verification error, 3 the board is missing, busy or refused.
+reason is printed), 2 usage or verification error (a peer's certificate refused, a revoked or
+expired peer), 3 the board, the install or the broker is missing, busy or refused.
 """
 from __future__ import annotations
 
@@ -48,6 +52,10 @@ from e2ee_host.client import ApiError, OperatorClient
 __all__ = ["main"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# `client receive`: how often a long receive fetches the service's revocation list again (s), and
+# how many one-time prekeys it publishes when the service reports the inventory low.
+_REFRESH_EVERY = 60.0
+_REPLENISH = 20
 
 
 def _time(ts: int | str | None) -> str:
@@ -229,6 +237,7 @@ def _ask(args: argparse.Namespace, question: str) -> bool:
 def _client_init(args: argparse.Namespace) -> Any:
     from e2ee_host.install import HostInstall
     inst = HostInstall.init(args.dir, args.url, args.device_id, args.fleet, args.claim, one_time=args.one_time)
+    _open_mailbox(inst, args)
     print(_NO_BACKUP % args.dir, file=sys.stderr)
     return {"device_id": inst.device_id, "fingerprint": inst.client.keystore.fingerprint().hex(),
             "serial": inst.settings["serial"]} if args.json else (
@@ -242,7 +251,8 @@ def _client_show(args: argparse.Namespace) -> Any:
     backup = inst.settings.get("backup_at")
     info = {"device_id": inst.device_id, "fleet": inst.settings["fleet"], "service": inst.settings["url"],
             "fingerprint": inst.client.keystore.fingerprint().hex(), "certificate": inst.settings["serial"],
-            "peers": inst.sessions.peers(), "backup": backup}
+            "peers": inst.sessions.peers(), "backup": backup, "broker": _broker_address(inst),
+            "revocation_list": inst.trust.version}
     if not backup:
         print(_NO_BACKUP % args.dir, file=sys.stderr)
     return info if args.json else "\n".join("%-12s %s" % (k + ":", v if v is not None else "none")
@@ -329,6 +339,222 @@ def _client_restore(args: argparse.Namespace) -> Any:
     inst = HostInstall.restore(args.dir, backup.open_blob(blob, passphrase))
     return {"device_id": inst.device_id, "peers": inst.sessions.peers()} if args.json else \
         "restored %s with %d sessions into %s" % (inst.device_id, len(inst.sessions.peers()), args.dir)
+
+
+# --- messaging (docs/host-client.md) ---
+
+def _broker_address(inst: Any) -> str | None:
+    mqtt = inst.settings.get("mqtt")
+    if not mqtt or not mqtt.get("password"):
+        return None
+    return "%s:%s" % (mqtt.get("host") or "?", mqtt.get("port") or "?")
+
+
+def _connect(inst: Any, args: argparse.Namespace, timeout: float) -> Any:
+    """The install's HostLink, connected (TransportError when the broker is unreachable or refuses)."""
+    from e2ee_host.transport import TransportError
+    link = inst.link(getattr(args, "broker", None), timeout=timeout, tls_ca=getattr(args, "tls_ca", None))
+    try:
+        return link.connect()
+    except OSError as e:  # refused or unreachable before any MQTT exchange
+        host, port = inst.broker_address(getattr(args, "broker", None))
+        raise TransportError("the broker at %s:%d is unreachable: %s" % (host, port, e)) from None
+
+
+def _open_mailbox(inst: Any, args: argparse.Namespace) -> None:
+    """After enrollment: open the install's persistent session at the broker, so messages sent to
+    it before its first `receive` wait there. A warning, not an error, when that fails."""
+    from e2ee_host.install import InstallError
+    from e2ee_host.transport import TransportError
+    try:
+        link = _connect(inst, args, 30.0)
+    except InstallError as e:
+        print("e2ee: warning: %s" % e, file=sys.stderr)
+        return
+    except TransportError as e:
+        print("e2ee: warning: %s; messages sent to %s before its first receive may be lost" % (
+            e, inst.device_id), file=sys.stderr)
+        return
+    try:
+        inst.open_mailbox(link)
+    except TransportError as e:
+        print("e2ee: warning: the mailbox at the broker did not answer (%s)" % e, file=sys.stderr)
+    finally:
+        link.close()
+        inst.spool_rest(link)
+
+
+def _refresh_revocation_list(inst: Any) -> None:
+    """The newest list from the service; when the service is unreachable or its list does not
+    verify with the pinned CA keys, the stored one (with a warning)."""
+    try:
+        inst.refresh_revocation_list()
+    except (ApiError, certificate.CertificateError) as e:
+        print("e2ee: warning: no new revocation list (%s: %s); peers are checked against version %d" % (
+            type(e).__name__, e, inst.trust.version), file=sys.stderr)
+
+
+def _client_renew(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall
+    inst = HostInstall.open(args.dir)
+    enrolled = inst.renew(args.claim)
+    _open_mailbox(inst, args)
+    serial, broker = enrolled.cert.serial.hex(), _broker_address(inst)
+    return {"device_id": inst.device_id, "serial": serial, "broker": broker} if args.json else \
+        "renewed %s: certificate %s, broker %s" % (inst.device_id, serial, broker or "none (the service drives none)")
+
+
+def _message_bytes(args: argparse.Namespace) -> bytes:
+    if args.text != "-":
+        return str(args.text).encode()
+    data = sys.stdin.buffer.read()
+    return data[:-1] if data.endswith(b"\n") else data  # the newline `echo` adds
+
+
+def _client_send(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall, InstallError
+    inst = HostInstall.open(args.dir)
+    inst.broker_address(args.broker)  # no credentials: stop before anything else
+    if args.peer == inst.device_id:
+        raise InstallError("%s cannot send to itself" % args.peer)
+    data = _message_bytes(args)
+    link = None
+    try:
+        _refresh_revocation_list(inst)
+        inst.ensure_certificate()
+        new = inst.needs_session(args.peer)
+        if new:
+            inst.start_session(args.peer)
+        link = _connect(inst, args, args.timeout)  # before encrypt(): no message key spent on a dead broker
+        envelope = inst.sessions.encrypt(args.peer, data, int(time.time()))
+        link.send(args.peer, envelope)
+    finally:
+        if link is not None:
+            link.close()
+        inst.save()
+    return {"to": args.peer, "bytes": len(envelope), "new_session": new} if args.json else \
+        "sent to %s (%d bytes of ciphertext%s)" % (args.peer, len(envelope), ", new session" if new else "")
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else ascii(text)
+
+
+class _Receiver:
+    """Decrypts and prints what arrives: `sender: text` on stdout (or JSON lines with --json),
+    duplicates and undecryptable messages as one line each on stderr."""
+
+    def __init__(self, inst: Any, args: argparse.Namespace) -> None:
+        self.inst, self.json = inst, args.json
+        self.printed = self.duplicates = self.failed = 0
+
+    def handle(self, sender: str, envelope: bytes) -> None:
+        from e2ee.protocol import ratchet
+        from e2ee.protocol.store import StoreError
+        inst = self.inst
+        if inst.is_probe(sender, envelope):
+            return
+        who = _printable(sender)
+        try:
+            plaintext = bytes(inst.sessions.decrypt(sender, envelope, int(time.time())))
+        except ratchet.DuplicateMessage:
+            self.duplicates += 1
+            print("e2ee: duplicate message from %s skipped (DuplicateMessage: received before)" % who,
+                  file=sys.stderr, flush=True)
+            return
+        except (StoreError, OSError):
+            raise  # the install itself failed: stop (the message goes back to the spool)
+        except Exception as e:  # every protocol error is typed; none stops the messages after it
+            self.failed += 1
+            print("e2ee: undecryptable message from %s: %s: %s" % (who, type(e).__name__, e), file=sys.stderr,
+                  flush=True)
+            return
+        self.printed += 1
+        try:
+            text = plaintext.decode()
+        except UnicodeDecodeError:
+            text = None
+        if self.json:
+            line = json.dumps({"from": sender, "text": text} if text is not None else
+                              {"from": sender, "hex": plaintext.hex()})
+        elif text is not None and text.isprintable():
+            line = "%s: %s" % (who, text)
+        else:  # binary, or text with control characters (a terminal would obey them)
+            line = "%s: [hex] %s" % (who, plaintext.hex())
+        print(line, flush=True)
+
+
+def _client_receive(args: argparse.Namespace) -> Any:
+    from e2ee_host.install import HostInstall
+    from e2ee_host.transport import TransportError
+    inst = HostInstall.open(args.dir)
+    inst.broker_address(args.broker)  # no credentials: stop before anything else
+    _refresh_revocation_list(inst)
+    refreshed = time.monotonic()
+    receiver = _Receiver(inst, args)
+    prekeys = len(inst.client.keystore.one_time_prekey_publics())
+
+    def enough() -> bool:
+        return args.count is not None and receiver.printed >= args.count
+
+    link = None
+    current: tuple[str, bytes] | None = None
+    try:
+        for seq, sender, envelope in inst.spooled():  # delivered to an earlier run, not handled yet
+            if enough():
+                break
+            receiver.handle(sender, envelope)
+            inst.unspool(seq)
+        if not enough():
+            link = _connect(inst, args, 30.0)
+        idle_since = time.monotonic()
+        while not enough():
+            if time.monotonic() - refreshed >= _REFRESH_EVERY:  # revocations during a long receive
+                _refresh_revocation_list(inst)
+                refreshed = time.monotonic()
+            wait = _REFRESH_EVERY
+            if args.timeout is not None:
+                wait = min(wait, args.timeout - (time.monotonic() - idle_since))
+                if wait <= 0:
+                    break
+            try:
+                sender, envelope = link.receive(timeout=wait)
+            except TransportError:  # nothing within `wait`
+                continue
+            current = (sender, bytes(envelope))
+            receiver.handle(*current)
+            current = None
+            idle_since = time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        refused = inst.spool([current] if current else [])  # delivered, acknowledged, not handled
+        if link is not None:
+            link.close()
+            refused += inst.spool_rest(link)
+        for sender, envelope in refused:
+            receiver.failed += 1
+            print("e2ee: undecryptable message from %s: Oversize: %d bytes" % (
+                _printable(sender), len(envelope)), file=sys.stderr)
+        if len(inst.client.keystore.one_time_prekey_publics()) < prekeys:  # new sessions used some
+            _replenish(inst)
+        inst.save()
+    summary = "received %d message(s)" % receiver.printed
+    if receiver.duplicates:
+        summary += ", %d duplicate(s) skipped" % receiver.duplicates
+    if receiver.failed:
+        summary += ", %d undecryptable" % receiver.failed
+    print("e2ee: " + summary, file=sys.stderr)
+    return None
+
+
+def _replenish(inst: Any) -> None:
+    """New sessions used one-time prekeys: publish new ones when the service asks for them."""
+    try:
+        if inst.client.inventory().get("replenish"):
+            inst.client.upload_prekeys(signed_prekey=False, one_time=_REPLENISH)
+    except ApiError as e:
+        print("e2ee: warning: one-time prekeys not replenished: %s" % e, file=sys.stderr)
 
 
 def _board_backup(args: argparse.Namespace) -> Any:
@@ -431,7 +657,7 @@ def _parser() -> argparse.ArgumentParser:
             v.add_argument("--device-id", required=True)
         v.set_defaults(board=run)
 
-    client = groups.add_parser("client", help="a host client's install (identity, links, backup)")
+    client = groups.add_parser("client", help="a host client's install (identity, messages, links, backup)")
     cs = client.add_subparsers(dest="command", required=True)
     c = cs.add_parser("init", help="make an identity here and enroll it")
     c.add_argument("--device-id", required=True)
@@ -459,8 +685,26 @@ def _parser() -> argparse.ArgumentParser:
     c = cs.add_parser("restore", help="restore a backup into a new install")
     c.add_argument("--device-id", required=True)
     c.set_defaults(board=_client_restore)
-    for sub in cs.choices.values():
+    c = cs.add_parser("renew", help="re-enroll this identity: new certificate and MQTT credentials")
+    c.add_argument("--claim", required=True)
+    c.set_defaults(board=_client_renew)
+    c = cs.add_parser("send", help="encrypt a message to a peer and publish it on the broker")
+    c.add_argument("peer", help="the peer's device id")
+    c.add_argument("text", help="the message; - reads it from stdin (one trailing newline dropped)")
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
+    c = cs.add_parser("receive", help="decrypt and print messages from the install's inbox")
+    c.add_argument("--timeout", type=float, default=None,
+                   help="stop after S seconds without a message (default: run until Ctrl-C or --count)")
+    c.add_argument("--count", type=int, default=None, help="stop after N messages")
+    c.set_defaults(board=_client_receive)
+    cs.choices["send"].set_defaults(board=_client_send)
+    for name in ("init", "send", "receive", "renew"):
+        cs.choices[name].add_argument("--broker", help="HOST:PORT instead of the address the service gave")
+        cs.choices[name].add_argument("--tls-ca", help="connect to the broker over TLS, trusting this CA file")
+    for name, sub in cs.choices.items():
         sub.add_argument("--dir", required=True, help="the install's directory")
+        if name in ("send", "receive", "renew"):
+            continue
         sub.add_argument("--yes", action="store_true", help="answer yes to the check-code question")
         sub.add_argument("--timeout", type=float, default=300.0)
         sub.add_argument("--passphrase-file", help="backup passphrase (default: E2EE_BACKUP_PASSPHRASE or a prompt)")
@@ -489,19 +733,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_board(args: argparse.Namespace) -> int:
+    from e2ee.protocol import session
     from e2ee.protocol.linking import LinkError
     from e2ee_host.backup import BackupError
     from e2ee_host.board_link import BoardError
     from e2ee_host.install import InstallError
+    from e2ee_host.transport import TransportError
     try:
         out = args.board(args)
-    except (BoardError, InstallError, BackupError, LinkError) as e:
+    except (BoardError, InstallError, BackupError, LinkError, TransportError) as e:
         print("e2ee: %s" % e, file=sys.stderr)
         return 3
     except ApiError as e:
         print("e2ee: the service refused: %s" % e, file=sys.stderr)
         return 1
-    print(json.dumps(out, indent=2) if args.json else out)
+    except (certificate.CertificateError, session.PeerRefused) as e:
+        peer = getattr(args, "peer", None)
+        print("e2ee: %s: %s: %s" % ("refused to talk to %s" % peer if peer else "verification failed", type(e).__name__,
+                                    e), file=sys.stderr)
+        return 2
+    if out is not None:
+        print(json.dumps(out, indent=2) if args.json else out)
     return 0
 
 

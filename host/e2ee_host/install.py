@@ -1,32 +1,49 @@
 """A host client's install: one directory holding its storage key (mode 0600) and its encrypted
-record stores (keys/, sessions/, config/: the same layout a board keeps, docs/boards.md), so the
-`e2ee client` commands, backups and the SDK all find the identity in one place.
+record stores (keys/, sessions/, config/, trust/: the same layout a board keeps, docs/boards.md),
+so the `e2ee client` commands, backups and the SDK all find the identity in one place.
 
     inst = HostInstall.init(dir, url, "gw-1", "plant-north", claim_token)   # keys made here, enrolled
     inst = HostInstall.open(dir)
     inst.client        # DeviceClient: signed requests to the service
-    inst.sessions      # SessionManager: X3DH + Double Ratchet with peers
+    inst.trust         # TrustStore: pinned Fleet CA keys, own certificate, newest revocation list
+    inst.sessions      # SessionManager: X3DH + Double Ratchet with peers, certified (docs/protocol.md)
+    inst.link()        # HostLink to the broker with the install's own MQTT credentials
+
+Messaging from the command line (`e2ee client send/receive`) is described in docs/host-client.md.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from e2ee.protocol import certificate
 from e2ee.protocol.keys import KeyStore
 from e2ee.protocol.session import SessionManager
-from e2ee.protocol.store import NotFound, RecordStore
-from e2ee_host.client import DeviceClient
+from e2ee.protocol.store import MAX_RECORD, NotFound, RecordStore
+from e2ee.protocol.trust import TrustStore
+from e2ee_host.client import DeviceClient, Enrolled
 
-__all__ = ["HostInstall", "InstallError"]
+if TYPE_CHECKING:
+    from e2ee_host.transport import HostLink
+
+__all__ = ["HostInstall", "InstallError", "NoBrokerCredentials"]
 
 KEY_FILE = "storage.key"
 _SETTINGS = "settings"
+_SPOOL = "spool"  # store of envelopes the broker delivered that were not handled yet (not backed up)
+_FROM = "-from"
 
 
 class InstallError(RuntimeError):
     pass
+
+
+class NoBrokerCredentials(InstallError):
+    """The install holds no MQTT credentials, so it cannot reach the broker."""
 
 
 def _write_key(path: Path) -> bytes:
@@ -53,7 +70,8 @@ class HostInstall:
         self.directory = directory
         self.storage_key = storage_key
         self.settings = settings
-        self.sessions = SessionManager(str(directory), storage_key, keystore)
+        self.trust = TrustStore(str(directory), storage_key)
+        self.sessions = SessionManager(str(directory), storage_key, keystore, trust=self.trust)
         self.client = DeviceClient(settings["url"], settings["device_id"], settings["fleet"], keystore)
         self.client.uploaded_opk_ids = set(settings.get("uploaded_opks", []))
         # signed writes must carry strictly newer timestamps, also across processes
@@ -70,7 +88,7 @@ class HostInstall:
         return RecordStore(str(self.directory / "config"), "config", self.storage_key)
 
     def save(self) -> None:
-        """Writes the key store and the settings (published prekeys included)."""
+        """Writes the key store and the settings (published prekeys and MQTT credentials included)."""
         self.sessions.save_keys()
         self.settings["uploaded_opks"] = sorted(self.client.uploaded_opk_ids)
         self.settings["last_timestamp"] = self.client.last_timestamp
@@ -79,7 +97,10 @@ class HostInstall:
     @classmethod
     def init(cls, directory: str | os.PathLike[str], url: str, device_id: str, fleet: str, token: str,
              one_time: int = 20, trusted_keys: list[bytes] | None = None) -> HostInstall:
-        """A new identity made here, enrolled with the claim, its prekeys published."""
+        """A new identity made here, enrolled with the claim, its prekeys published. The trust
+        store pins the CA keys (`trusted_keys`, default the ones the enrollment answer carries)
+        and keeps the certificate and the revocation list; the settings keep the broker
+        credentials the service issued (none when the service drives no broker)."""
         root = Path(directory)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if (root / KEY_FILE).exists():
@@ -87,12 +108,32 @@ class HostInstall:
         key = _write_key(root / KEY_FILE)
         inst = cls(root, key, {"url": url, "device_id": device_id, "fleet": fleet}, KeyStore.generate(one_time))
         enrolled = inst.client.enroll(token, trusted_keys=trusted_keys)
-        inst.settings.update(ca_keys=[k.hex() for k in (trusted_keys or enrolled.ca_keys)],
-                             serial=enrolled.cert.serial.hex(), owner="")
-        inst.save()
+        pinned = list(trusted_keys or enrolled.ca_keys)
+        inst.trust.set_ca_keys(pinned)
+        inst.settings.update(ca_keys=[k.hex() for k in pinned], owner="")
+        inst._store_enrollment(enrolled)
         inst.client.upload_prekeys()
         inst.save()
         return inst
+
+    def renew(self, token: str) -> Enrolled:
+        """Re-enrolls this identity (same keys) with a new claim: a new certificate and new MQTT
+        credentials from the service, verified with the pinned CA keys. What an install without
+        stored MQTT credentials needs (NoBrokerCredentials says so)."""
+        enrolled = self.client.enroll(token, trusted_keys=self.trusted_keys())
+        self._store_enrollment(enrolled)
+        return enrolled
+
+    def _store_enrollment(self, enrolled: Enrolled) -> None:
+        try:
+            self.trust.update_revocation_list(enrolled.revocation_list)
+        except certificate.RolledBack:
+            pass  # the stored list is as new or newer
+        self.trust.set_certificate(enrolled.certificate, int(time.time()), self._identity())
+        # a service that drives no broker (any more) leaves the credentials the install has
+        mqtt = enrolled.mqtt or self.settings.get("mqtt")
+        self.settings.update(serial=enrolled.cert.serial.hex(), mqtt=mqtt)
+        self.save()
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str]) -> HostInstall:
@@ -103,7 +144,10 @@ class HostInstall:
             keystore = SessionManager.open(str(root), key).keystore
         except NotFound:
             raise InstallError("%s has no enrolled identity" % root) from None
-        return cls(root, key, settings, keystore)
+        inst = cls(root, key, settings, keystore)
+        if not inst.trust.ca_keys():  # an install (or backup) made before installs kept a trust store
+            inst.trust.set_ca_keys(inst.trusted_keys())
+        return inst
 
     @classmethod
     def restore(cls, directory: str | os.PathLike[str], archive: bytes) -> HostInstall:
@@ -119,3 +163,145 @@ class HostInstall:
 
     def trusted_keys(self) -> list[bytes]:
         return [bytes.fromhex(k) for k in self.settings["ca_keys"]]
+
+    def _identity(self) -> tuple[bytes, bytes]:
+        return self.client.keystore.ik_pub, self.client.keystore.is_pub
+
+    # --- certified sessions (docs/protocol.md, "Certified sessions") ---
+
+    def refresh_revocation_list(self) -> int:
+        """Fetches the service's signed revocation list, verifies it with the pinned CA keys and
+        stores it when it is newer than the stored one (an older one is ignored: no rollback).
+        Returns the stored version. Raises ApiError (status 0 when the service is unreachable)
+        or a certificate.CertificateError when the list does not verify."""
+        info = self.client.revocation_list(self.trust.ca_keys(), 0)
+        if info.crl.version > self.trust.version:
+            self.trust.update_revocation_list(info.data)
+        return int(self.trust.version)
+
+    def ensure_certificate(self) -> None:
+        """Makes sure the trust store holds this install's certificate (PreKeyMessages carry it);
+        an install from before trust stores fetches its newest one from the service."""
+        if self.trust.certificate is None:
+            ident = self.client.signed("GET", "/identities/%s" % self.device_id)
+            data = base64.b64decode(ident["certificate"])
+            self.trust.set_certificate(data, int(time.time()), self._identity())
+
+    def needs_session(self, peer: str) -> bool:
+        """True when there is no session with `peer`, or only one started without a certificate."""
+        return not self.sessions.has_session(peer) or self.sessions.peer_certificate(peer) is None
+
+    def start_session(self, peer: str) -> None:
+        """X3DH with the peer's prekey bundle, its certificate verified against the pinned CA keys
+        and the stored revocation list first. Raises ApiError (410: the peer is revoked, 404: no
+        such device) or a certificate.CertificateError."""
+        bundle = self.client.bundle(peer)
+        ident = self.client.signed("GET", "/identities/%s" % peer)
+        self.sessions.start(peer, bundle, base64.b64decode(ident["certificate"]), int(time.time()))
+
+    # --- the broker ---
+
+    def broker_credentials(self) -> dict[str, Any]:
+        """The MQTT credentials issued at enrollment; NoBrokerCredentials when there are none."""
+        mqtt = self.settings.get("mqtt")
+        if not mqtt or not mqtt.get("password"):
+            raise NoBrokerCredentials(
+                "%s has no MQTT credentials (made before installs kept them, restored from such a backup, or "
+                "enrolled by a service that drives no broker): re-enroll it with a new claim from the "
+                "operator: e2ee client renew --dir %s --claim TOKEN" % (self.directory, self.directory))
+        return dict(mqtt)
+
+    def broker_address(self, broker: str | None = None) -> tuple[str, int]:
+        """(host, port) of the broker: `broker` ("HOST:PORT") when given, else the address the
+        service gave with the credentials. NoBrokerCredentials / InstallError when there is none."""
+        mqtt = self.broker_credentials()
+        host, port = str(mqtt.get("host") or ""), int(mqtt.get("port") or 0)
+        if broker:
+            host, _, given = broker.rpartition(":")
+            if not host or not given.isdigit():
+                raise InstallError("--broker must be HOST:PORT, got %r" % broker)
+            port = int(given)
+        if not host or not port:
+            raise InstallError("the service gave no broker address: pass --broker HOST:PORT")
+        return host, port
+
+    def link(self, broker: str | None = None, timeout: float = 10.0, tls_ca: str | None = None) -> HostLink:
+        """A HostLink (not connected yet) with this install's credentials and persistent session
+        (client id = device id), to broker_address(broker); over TLS trusting `tls_ca` when given."""
+        from e2ee_host.transport import HostLink
+        host, port = self.broker_address(broker)
+        password = self.broker_credentials()["password"]
+        tls = {"tls_ca": tls_ca} if tls_ca else {}
+        return HostLink(host, port, self.settings["fleet"], self.device_id, password, timeout=timeout, **tls)
+
+    def open_mailbox(self, link: HostLink, timeout: float = 30.0) -> int:
+        """Makes sure the broker keeps this install's inbox while it is offline: on the connected
+        `link` (persistent session) it sends itself an empty probe and waits for it, which proves
+        the subscription is in place. Messages that arrive meanwhile are spooled (handled by the
+        next receive), not lost. Returns how many were spooled; TransportError on timeout."""
+        link.send(self.device_id, b"")
+        deadline = time.monotonic() + timeout
+        others: list[tuple[str, bytes]] = []
+        try:
+            while True:
+                sender, envelope = link.receive(timeout=max(0.0, deadline - time.monotonic()))
+                if self.is_probe(sender, envelope):
+                    return len(others)
+                others.append((sender, bytes(envelope)))
+        finally:
+            self.spool(others)
+
+    def spool_rest(self, link: HostLink) -> list[tuple[str, bytes]]:
+        """After link.close(): spools what the link received but nobody took (the broker counts
+        it delivered). Returns the messages too large to keep, as spool() does."""
+        from e2ee_host.transport import TransportError
+        rest = []
+        while True:
+            try:
+                sender, envelope = link.receive(timeout=0.05)
+            except TransportError:
+                return self.spool(rest)
+            rest.append((sender, bytes(envelope)))
+
+    def is_probe(self, sender: str, envelope: bytes) -> bool:
+        """The empty message open_mailbox() sends itself (skipped by receivers)."""
+        return sender == self.device_id and not len(envelope)
+
+    # --- the spool: delivered (and acknowledged) but not yet handled envelopes ---
+
+    def _spool(self) -> RecordStore:
+        return RecordStore(str(self.directory / _SPOOL), _SPOOL, self.storage_key)
+
+    def spool(self, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Keeps (sender, envelope) pairs the broker delivered but nobody handled, in arrival
+        order, encrypted at rest. Returns the ones too large to keep (no valid envelope is)."""
+        store = self._spool()
+        seq = max([int(n) for n in store.names() if n.isdigit()] or [0])
+        refused = []
+        for sender, envelope in messages:
+            if len(envelope) > MAX_RECORD:
+                refused.append((sender, envelope))
+                continue
+            seq += 1
+            store.put("%010d" % seq, envelope)
+            store.put("%010d%s" % (seq, _FROM), sender.encode())  # written last: the entry's commit
+        return refused
+
+    def spooled(self) -> list[tuple[int, str, bytes]]:
+        """The spooled (seq, sender, envelope) entries, oldest first."""
+        store = self._spool()
+        names = set(store.names())
+        out = []
+        for name in sorted(names):
+            if not name.isdigit():
+                continue
+            if name + _FROM not in names:  # a write cut short before its commit record
+                store.delete(name)
+                continue
+            out.append((int(name), bytes(store.get(name + _FROM)).decode(), bytes(store.get(name))))
+        return out
+
+    def unspool(self, seq: int) -> None:
+        store = self._spool()
+        store.delete("%010d%s" % (seq, _FROM))
+        store.delete("%010d" % seq)
