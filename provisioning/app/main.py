@@ -32,17 +32,22 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
         run_migrations(engine)
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        owned = None  # a broker admin made here (not one passed in) is closed here
         if app.state.broker is None and settings.broker_admin_user:
             from e2ee_host.broker import DynSec
-            app.state.broker = DynSec(settings.broker_admin_host, settings.broker_admin_port,
-                                      settings.broker_admin_user, settings.broker_admin_password.get_secret_value(),
-                                      client_id="e2ee-provisioning",
-                                      on_inbox=RelayBridge(app.state.sessionmaker).on_inbox)
-        with app.state.sessionmaker() as session:
-            ensure_revocation_list(session, app.state.ca)
+            tls_ca = settings.broker_admin_tls_ca
+            owned = app.state.broker = DynSec(
+                settings.broker_admin_host, settings.broker_admin_port, settings.broker_admin_user,
+                settings.broker_admin_password.get_secret_value(), client_id="e2ee-provisioning",
+                on_inbox=RelayBridge(app.state.sessionmaker).on_inbox, tls_ca=str(tls_ca) if tls_ca else None)
         try:
+            with app.state.sessionmaker() as session:
+                ensure_revocation_list(session, app.state.ca)
             yield
         finally:
+            if owned is not None:  # before the database goes: the relay's last store finishes first
+                owned.close()
+                app.state.broker = None
             engine.dispose()
 
     app = FastAPI(title="e2ee-iot provisioning", version="0.1.0", lifespan=lifespan,

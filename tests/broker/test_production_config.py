@@ -18,7 +18,7 @@ import pytest
 from e2ee.protocol.certificate import MAX_NAME, MAX_SIGNED_REVOCATION_LIST
 from e2ee.protocol.envelope import MAX_ENVELOPE
 from e2ee.transport import topics
-from e2ee_host.broker import DynSec, _find, _free_port, _plugin, dev_tls, init_dynamic_security
+from e2ee_host.broker import BrokerError, DynSec, _find, _free_port, _plugin, dev_tls, init_dynamic_security
 from e2ee_host.transport import HostLink, TransportError
 
 CONF = Path(__file__).resolve().parents[2] / "broker-config" / "mosquitto.production.conf"
@@ -165,3 +165,27 @@ def test_production_config_runs_tls_only(production_broker: Broker) -> None:
     log = b.log.read_text()
     assert b.admin_password not in log and "broker-password" not in log
     assert not (b.log.parent / "dynamic-security.json").stat().st_mode & 0o077  # password hashes
+
+
+def test_the_service_drives_the_production_broker_over_tls(production_broker: Broker, tmp_path: Path) -> None:
+    # E2EE_PROV_BROKER_ADMIN_TLS_CA: the service's own admin connects to the TLS-only listener
+    # (hostname checked), creates a device's client and role live, and closes its admin on shutdown.
+    from fastapi.testclient import TestClient
+
+    from e2ee_provisioning.core.config import Settings
+    from e2ee_provisioning.main import create_app
+    b = production_broker
+    settings = Settings(_env_file=None, data_dir=tmp_path / "service",  # type: ignore[call-arg]
+                        broker_admin_host="localhost", broker_admin_port=b.port, broker_admin_user="e2ee-admin",
+                        broker_admin_password=b.admin_password, broker_admin_tls_ca=b.ca)
+    app = create_app(settings)
+    with TestClient(app):
+        admin = app.state.broker
+        assert isinstance(admin, DynSec)
+        admin.provision_device(FLEET, DEVICE, "service-made-password")
+        with HostLink("localhost", b.port, FLEET, DEVICE, "service-made-password", tls_ca=str(b.ca)) as dev:
+            dev.send(DEVICE, b"to myself")
+            assert dev.receive(10) == (DEVICE, b"to myself")
+    assert app.state.broker is None  # closed with the service
+    with pytest.raises(BrokerError):  # and without the CA file the TLS handshake fails
+        DynSec("localhost", b.port, "e2ee-admin", b.admin_password, timeout=3)

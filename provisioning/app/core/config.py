@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     broker_admin_port: int = Field(1883, ge=1, le=65535)
     broker_admin_user: str = ""
     broker_admin_password: SecretStr = SecretStr("")
+    # CA file to trust for the admin's TLS connection (hostname checked against broker_admin_host);
+    # unset: plain MQTT (the development broker). The production broker listens on TLS only.
+    broker_admin_tls_ca: Path | None = None
     # Encrypted backups (docs/backup.md): where blobs go ("file": backup_dir, default
     # data_dir/backups; "s3": an S3-compatible bucket through boto3, credentials from the usual
     # AWS_* variables), the largest blob, and wrong fetch attempts before the backup locks.
