@@ -12,6 +12,8 @@ def test_create_single_use_and_batch_claims(client) -> None:  # type: ignore[no-
     assert r.status_code == 201, r.text
     single = r.json()
     assert len(single["tokens"]) == len(set(single["tokens"])) == 3
+    # "e2c_" + 32 random bytes: a scanner finds leaked ones, a command line never takes one for an option
+    assert all(t.startswith("e2c_") and len(t) == 4 + 43 for t in single["tokens"])
     assert [c["quota"] for c in single["claims"]] == [1, 1, 1]
     r = client.post("/claims", headers=OPERATOR, json={"fleet": "plant-south", "quota": 500, "expires_in": 3600})
     assert r.status_code == 201, r.text

@@ -16,7 +16,10 @@ from e2ee_provisioning.models import ClaimCreate, ClaimPublic, ClaimsCreated, En
 
 router = APIRouter(prefix="/claims", tags=["claims"], dependencies=[OperatorAuth])
 
-# Claim tokens: 32 random bytes, URL-safe base64 (256 bits: not guessable, so a plain hash at rest).
+# Claim tokens: a fixed prefix and 32 random bytes, URL-safe base64 (256 bits: not guessable, so
+# a plain hash at rest). The prefix lets secret scanners find leaked tokens, and a token never
+# starts with "-", which command lines would take for an option (`e2ee provision --claim -x...`).
+TOKEN_PREFIX = "e2c_"
 _TOKEN_BYTES = 32
 
 
@@ -24,7 +27,7 @@ def create_claims(*, session: Session, claim_in: ClaimCreate) -> tuple[list[Enro
     now = utcnow()
     claims, tokens = [], []
     for _ in range(claim_in.count):
-        token = secrets.token_urlsafe(_TOKEN_BYTES)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
         claim = EnrollmentClaim(token_sha256=hashlib.sha256(token.encode()).hexdigest(), fleet=claim_in.fleet,
                                 label=claim_in.label, quota=claim_in.quota, used=0, owner=claim_in.owner,
                                 roles=",".join(dict.fromkeys(claim_in.roles)),
