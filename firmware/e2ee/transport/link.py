@@ -1,13 +1,22 @@
-# The device's link to the broker (docs/broker.md, "Device transport"): connects with its broker
-# credentials and a persistent session (clean_session False, QoS 1), so messages sent while it was
-# offline arrive when it comes back; reconnects with exponential backoff and jitter; subscribes to
-# its inbox and its fleet's revocation list again after each reconnect; keeps the connection alive
-# with PINGREQ. At-least-once delivery can hand a message over twice (a PUBACK lost with the
-# connection): the Double Ratchet refuses the second copy (DuplicateMessage), so each message is
-# decrypted once.
+# The device's link to the broker (docs/broker.md, "Device transport"; docs/boards.md, "Device MQTT
+# client"): connects with its broker credentials and a persistent session (clean_session False,
+# QoS 1), so messages sent while it was offline arrive when it comes back; reconnects with
+# exponential backoff and jitter; subscribes to its inbox and its fleet's revocation list again
+# after each reconnect; keeps the connection alive with PINGREQ and declares it dead when a
+# PINGREQ goes unanswered. At-least-once delivery can hand a message over twice (a PUBACK lost
+# with the connection): the Double Ratchet refuses the second copy (DuplicateMessage), so each
+# message is decrypted once.
+#
+# An application either calls step() from its main loop (never sleeps; reconnects by itself) or
+# connect_with_backoff() once and poll() in its loop, calling connect_with_backoff() again when
+# poll() raises.
 #
 # The MQTT client class comes in by injection: micropython-lib's umqtt.simple.MQTTClient on a
-# board, or e2ee.transport.mqtt.MQTTClient (the same API).
+# board, or e2ee.transport.mqtt.MQTTClient (the same API; its packet counter `rx` lets the link
+# see a PINGRESP, which umqtt.simple does not report, so with umqtt.simple a dead connection is
+# found by the socket timeout or TCP only).
+import errno
+import os
 import time
 
 from e2ee.transport import topics
@@ -18,42 +27,64 @@ except ImportError:
     def const(x):
         return x
 
+# Reconnect waits: 0.5 s doubling to 30 s, each drawn from [d/2, d) with os.urandom so a fleet
+# that lost its broker at once does not come back at once; back to 0.5 s after a connect.
 BACKOFF_FIRST_MS = const(500)
 BACKOFF_MAX_MS = const(30000)
+_POLL_MAX = const(16)  # packets handled per poll(): a burst does not starve the main loop
 
+# Milliseconds of a monotonic clock (module globals: a test may put a logical clock here).
+if hasattr(time, "ticks_ms"):
+    _ticks = time.ticks_ms
+    _diff = time.ticks_diff
+else:
+    def _ticks():
+        return int(time.monotonic() * 1000)
 
-def _ticks():
-    return time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.time() * 1000)
+    def _diff(a, b):
+        return a - b
 
 
 def _elapsed(since):
-    return time.ticks_diff(_ticks(), since) if hasattr(time, "ticks_diff") else _ticks() - since
+    return _diff(_ticks(), since)
 
 
 class Link:
     # on_message(sender, envelope) for inbox messages; on_crl(data) for the revocation list.
+    # rng(n) -> n random bytes for the backoff jitter (default os.urandom). timeout: seconds a
+    # socket operation may block (connect, the waits for CONNACK, SUBACK, PUBACK), None: forever.
     def __init__(self, client_class, server, port, fleet, device_id, password, on_message, on_crl=None,
-                 keepalive=60, rng=None):
+                 keepalive=60, rng=None, timeout=30):
         self.fleet = fleet
         self.device_id = device_id
         self.keepalive = keepalive
+        self.timeout = timeout
         self._client_class = client_class
         self._args = (device_id, server, port, device_id, password, keepalive)
         self._on_message = on_message
         self._on_crl = on_crl
-        self._rng = rng
+        self._crl_topic = topics.crl(fleet).encode()
+        self._rng = rng or os.urandom
         self.client = None
         self.connects = 0
         self.delivered = 0
-        self._last_io = 0
+        self.pings = 0
+        self.error = None  # what last broke or refused the connection (step())
+        self._delay = BACKOFF_FIRST_MS
+        self._down = _ticks()  # while down: since when, and how long to wait before trying
+        self._wait = 0
+        self._tx = 0  # when the last packet was sent
+        self._ping = None  # when an unanswered PINGREQ was sent
+        self._ping_rx = 0  # the client's packet count then
 
     def __repr__(self):
         return "<Link %s %s>" % (self.device_id, "up" if self.client else "down")
 
     def _deliver(self, topic, payload):
         self.delivered += 1
-        topic = topic.decode() if isinstance(topic, (bytes, bytearray)) else topic
-        if topic == topics.crl(self.fleet):
+        if isinstance(topic, str):
+            topic = topic.encode()
+        if topic == self._crl_topic:
             if self._on_crl:
                 self._on_crl(payload)
             return
@@ -63,56 +94,130 @@ class Link:
             return  # not ours: dropped (the broker's ACL lets only fleet members write here)
         self._on_message(sender, envelope)
 
-    # Connects (once); raises OSError or the client's exception when the broker refuses.
+    # Connects once: a new client (the old one's socket closed), CONNACK, both subscriptions.
+    # Raises OSError or the client's exception (a refused CONNACK, a refused subscription); the
+    # new socket is closed then.
     def connect(self):
+        self._drop()
         client = self._client_class(*self._args)
         client.set_callback(self._deliver)
-        client.connect(clean_session=False)
-        client.subscribe(topics.inbox(self.fleet, self.device_id), 1)
-        client.subscribe(topics.crl(self.fleet), 1)
-        self.client = client
+        self.client = client  # the session's queued messages arrive while subscribing
+        try:
+            if self.timeout:
+                client.connect(clean_session=False, timeout=self.timeout)
+            else:
+                client.connect(clean_session=False)
+            client.subscribe(topics.inbox(self.fleet, self.device_id), 1)
+            client.subscribe(topics.crl(self.fleet), 1)
+        except BaseException:
+            self._drop()
+            raise
         self.connects += 1
-        self._last_io = _ticks()
+        self._delay = BACKOFF_FIRST_MS
+        self._tx = _ticks()
 
-    # Connects, retrying with exponential backoff and jitter up to `attempts` times.
+    # Forgets the client and closes its socket, without DISCONNECT (the connection is broken or
+    # being replaced).
+    def _drop(self):
+        client, self.client, self._ping = self.client, None, None
+        if client is not None and client.sock is not None:
+            try:
+                client.sock.close()
+            except OSError:
+                pass
+            client.sock = None
+
+    # The next reconnect wait in ms: from [d/2, d), d doubling from BACKOFF_FIRST_MS to BACKOFF_MAX_MS.
+    def backoff(self):
+        delay = self._delay
+        self._delay = min(delay * 2, BACKOFF_MAX_MS)
+        return delay // 2 + self._rng(1)[0] * delay // 512
+
+    # Connects, retrying up to `attempts` times with backoff() waits in between (sleep_ms(ms),
+    # default time.sleep_ms). Raises the last attempt's error.
     def connect_with_backoff(self, attempts=8, sleep_ms=None):
-        delay = BACKOFF_FIRST_MS
         for attempt in range(attempts):
             try:
                 self.connect()
                 return True
             except Exception:  # OSError (network) or MQTTException (refused): both retried
-                self.client = None
                 if attempt == attempts - 1:
                     raise
-            jitter = (self._rng(1)[0] if self._rng else 128) * delay // 512
-            (sleep_ms or _sleep_ms)(delay // 2 + jitter)
-            delay = min(delay * 2, BACKOFF_MAX_MS)
+            (sleep_ms or _sleep_ms)(self.backoff())
         return False
 
+    # One turn of an application's main loop; never sleeps. Down: connects once the backoff wait
+    # is over (the attempt blocks up to `timeout`). Up: poll(). Whatever breaks or refuses the
+    # connection (kept in `error`; an exception from on_message too: the message was not
+    # acknowledged and comes again) drops it and schedules the next attempt. True while up.
+    def step(self):
+        try:
+            if self.client is None:
+                if _elapsed(self._down) < self._wait:
+                    return False
+                self.connect()
+            else:
+                self.poll()
+            return True
+        except Exception as e:
+            self._fail(e)
+            return False
+
+    # The connection is gone: keep why, close it, schedule the next attempt.
+    def _fail(self, e):
+        self.error = e
+        self._drop()
+        self._down = _ticks()
+        self._wait = self.backoff()
+
+    # Publishes a framed envelope to the peer's inbox at QoS 1 and waits for its PUBACK. Raises
+    # OSError(ENOTCONN) while down; a failure drops the connection (step() reconnects) and raises.
     def send(self, peer, envelope, fleet=None):
-        self.client.publish(topics.inbox(fleet or self.fleet, peer), topics.frame(self.device_id, envelope), qos=1)
-        self._last_io = _ticks()
+        if self.client is None:
+            raise OSError(errno.ENOTCONN)
+        try:
+            self.client.publish(topics.inbox(fleet or self.fleet, peer), topics.frame(self.device_id, envelope),
+                                qos=1)
+        except Exception as e:
+            self._fail(e)  # the stream may stop mid-packet: this connection is done
+            raise
+        self._tx = _ticks()
 
-    # Handles waiting messages; pings when the link has been quiet for half the keepalive. A
-    # broken connection raises OSError: call connect_with_backoff() and go on.
+    # Handles what arrived (at most _POLL_MAX packets); sends PINGREQ when nothing was sent for
+    # half the keepalive; a PINGREQ unanswered for another half keepalive means a dead connection:
+    # OSError(ETIMEDOUT). Any error means the connection is broken: step() reconnects by itself,
+    # otherwise call connect_with_backoff().
     def poll(self):
-        while True:
-            before = self.delivered
-            if self.client.check_msg() is None and self.delivered == before:
+        client = self.client
+        if client is None:
+            raise OSError(errno.ENOTCONN)
+        for _ in range(_POLL_MAX):
+            before = self.delivered + getattr(client, "rx", 0)
+            if client.check_msg() is None and self.delivered + getattr(client, "rx", 0) == before:
                 break  # nothing was waiting
-            self._last_io = _ticks()
-        if self.keepalive and _elapsed(self._last_io) > self.keepalive * 500:
-            self.client.ping()
-            self._last_io = _ticks()
+        if not self.keepalive:
+            return
+        half = self.keepalive * 500
+        if self._ping is not None:
+            if client.rx != self._ping_rx:
+                self._ping = None  # an answer (or anything else) came back
+            elif _elapsed(self._ping) >= half:
+                raise OSError(errno.ETIMEDOUT)  # no PINGRESP
+        if self._ping is None and _elapsed(self._tx) >= half:
+            client.ping()
+            self.pings += 1
+            self._tx = _ticks()
+            if hasattr(client, "rx"):
+                self._ping, self._ping_rx = self._tx, client.rx
 
+    # DISCONNECT and close; the persistent session keeps what arrives meanwhile.
     def close(self):
         if self.client is not None:
             try:
                 self.client.disconnect()
-            except OSError:
+            except Exception:
                 pass
-            self.client = None
+            self._drop()
 
 
 def _sleep_ms(ms):
