@@ -45,6 +45,20 @@ def check(c):
     # A failed open writes nothing and the error names no key bytes.
     msg = raises(InvalidTag, c.aead_decrypt, key, nonce, bad, b"hdr")
     assert "0001020304" not in msg
+    # Decryption into a caller's buffer: its length, in place, and nothing written on a bad tag.
+    raises(InvalidLength, c.aead_decrypt_into, key, nonce, sealed, b"hdr", bytearray(len(sealed) - 15))
+    raises(InvalidTag, c.aead_decrypt_into, key, nonce, sealed[:15], b"hdr", bytearray(0))
+    buf = bytearray(sealed)
+    c.aead_decrypt_into(key, nonce, buf, b"hdr", memoryview(buf)[:len(buf) - 16])
+    assert bytes(buf[:-16]) == b"attack at dawn"
+    bad = bytearray(sealed)
+    bad[-1] ^= 1
+    out = bytearray(b"\xa5" * (len(bad) - 16))
+    raises(InvalidTag, c.aead_decrypt_into, key, nonce, bad, b"hdr", out)
+    assert out == bytearray(b"\xa5" * len(out))
+    inplace = bytearray(bad)
+    raises(InvalidTag, c.aead_decrypt_into, key, nonce, inplace, b"hdr", memoryview(inplace)[:len(inplace) - 16])
+    assert inplace == bad
     # None AD is the empty AD.
     assert bytes(c.aead_encrypt(key, nonce, b"m", None)) == bytes(c.aead_encrypt(key, nonce, b"m", b""))
     # Zero-length plaintext seals to a bare tag.

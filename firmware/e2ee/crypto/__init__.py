@@ -190,15 +190,24 @@ class Suite:
     # RFC 8439 §2.8 AEAD open: raises InvalidTag when data fails authentication,
     # including data shorter than a tag. Returns the plaintext.
     def aead_decrypt(self, key, nonce, data, ad=None):
+        n = len(data) - TAG_SIZE
+        out = bytearray(n if n > 0 else 0)
+        self.aead_decrypt_into(key, nonce, data, ad, out)
+        return out
+
+    # Same, writing the plaintext into a caller-owned buffer of len(data) - 16 bytes (no
+    # allocation); out may be data's own first len(data) - 16 bytes (decryption in place). The
+    # tag is checked before anything is written: on InvalidTag out is unchanged.
+    def aead_decrypt_into(self, key, nonce, data, ad, out):
         _check_aead(key, nonce)
         n = len(data) - TAG_SIZE
         if n < 0:
             raise InvalidTag("ciphertext of %d bytes is shorter than the tag" % len(data))
+        if len(out) != n:
+            raise InvalidLength("AEAD output buffer must be %d bytes" % n)
         data = memoryview(data)
-        out = bytearray(n)
         if not self._fn("aead_open_into")(key, nonce, data[:n], data[n:], b"" if ad is None else ad, out):
             raise InvalidTag("ChaCha20-Poly1305 authentication failed")
-        return out
 
     # RFC 7748 §5; §6.1: an all-zero shared secret (small-order peer key) is refused.
     def x25519(self, private, public):
@@ -273,6 +282,7 @@ hkdf_sha256 = default.hkdf_sha256
 aead_encrypt = default.aead_encrypt
 aead_encrypt_into = default.aead_encrypt_into
 aead_decrypt = default.aead_decrypt
+aead_decrypt_into = default.aead_decrypt_into
 x25519 = default.x25519
 x25519_base = default.x25519_base
 ed25519_public_key = default.ed25519_public_key

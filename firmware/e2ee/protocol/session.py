@@ -235,16 +235,29 @@ class _Record:
         return _ARCHIVE_HEADER + sum([_ENTRY_HEADER + s.facts_size() + s.ratchet_size()
                                       for s in self.states[1:]])
 
-    # The record's bytes. The current state always fits MAX_RECORD; archived states that would
-    # not fit beside it are dropped, the oldest first.
-    def to_bytes(self):
+    # The record's length, after dropping the archived states that would not fit MAX_RECORD
+    # beside the current one, the oldest first (the current state always fits).
+    def fit(self):
         states = self.states
         current = states[0]
         certified = _CERTIFIED_SIZE if self.serial else 0
         size = 2 + 2 * _KEY + certified + current.facts_size() + current.ratchet_size()
         while len(states) > 1 and size + self._archive_size() > MAX_RECORD:
             del states[-1]
-        out = bytearray(size + self._archive_size())
+        return size + self._archive_size()
+
+    # The record's bytes (a new buffer of fit() bytes).
+    def to_bytes(self):
+        out = bytearray(self.fit())
+        self.write_into(out)
+        return out
+
+    # Writes the record into `out` (a buffer of at least fit() bytes, e.g. the record store's
+    # buffer: see SessionManager._save), once fit() has run.
+    def write_into(self, out):
+        states = self.states
+        current = states[0]
+        certified = _CERTIFIED_SIZE if self.serial else 0
         out[0] = RECORD_FORMAT_CERTIFIED if certified else RECORD_FORMAT
         out[1] = current.flags() | (_ARCHIVE if len(states) > 1 else 0)
         out[2:34] = self.peer_ik
@@ -263,7 +276,6 @@ class _Record:
                 struct.pack_into(">BH", out, pos, state.flags(), state.ratchet_size())
                 pos = state.write_ratchet(out, state.write_facts(out, pos + _ENTRY_HEADER))
         current.write_ratchet(out, pos)
-        return out
 
     # Reads versions 1, 2 and 3. Archived ratchet states stay serialized until used.
     @classmethod
@@ -378,12 +390,16 @@ class SessionManager:
             raise NoSession("no session with %s" % peer)
         return record
 
-    # The peer's record, or None.
+    # The peer's record, or None. It is parsed straight from the store's record buffer (no copy
+    # of the whole record).
     def _find(self, peer):
         try:
-            return _Record.from_bytes(self._sessions.get(self._name(peer)), self._rng)
+            return self._sessions.get_with(self._name(peer), self._parse)
         except NotFound:
             return None
+
+    def _parse(self, data):
+        return _Record.from_bytes(data, self._rng)
 
     def _save(self, peer, record):
         name = self._name(peer)
@@ -392,7 +408,9 @@ class SessionManager:
             if index.get(name) != peer:
                 index[name] = peer
                 self._sessions.put(_INDEX, json.dumps(index).encode())
-        self._sessions.put(name, record.to_bytes())
+        # Serialized straight into the store's record buffer and encrypted there: saving a
+        # MAX_RECORD record needs no record-sized allocation.
+        self._sessions.put_with(name, record.fit(), record.write_into)
 
     # With a TrustStore: the peer's certificate for this identity (ik, is), verified (trust.py);
     # returns (serial, not_after). Without one: (None, 0), the certificate not looked at.

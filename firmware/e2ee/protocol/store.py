@@ -6,6 +6,13 @@
 # littlefs (the default filesystem of the ESP32 and RP2040 ports) and POSIX filesystems replace
 # the target atomically on rename; FAT does not (see boards/). A leftover .tmp is an interrupted
 # write: it is ignored and removed when the store opens.
+#
+# RAM: a record is read, decrypted, encrypted and written in one buffer of the largest file size,
+# allocated when this module is imported (at boot, while the heap is still in one piece) and
+# reused by every store. Decryption and encryption run in place, so loading or saving even a
+# MAX_RECORD record needs no large allocation: on a fragmented heap a 5 KB block may not exist.
+# The buffer is wiped after each use (it held a plaintext record). Not re-entrant: a nested or
+# concurrent use (a host thread) gets a buffer of its own.
 import os
 
 from e2ee import crypto
@@ -24,6 +31,9 @@ _NONCE = const(12)
 _TAG = const(16)
 _TMP = ".tmp"
 _AD_PREFIX = b"e2ee-iot store v1 "  # binds a record to its store kind and name (no swapping)
+_HEAD = const(13)  # format byte || nonce: the plaintext starts here in the record buffer
+_FILE_MAX = const(_HEAD + MAX_RECORD + _TAG)  # the largest record file
+_ZEROS = bytes(256)  # wipes the record buffer a slice at a time (no record-sized allocation)
 
 
 class StoreError(Exception):
@@ -78,6 +88,36 @@ def _make_directories(path):
         os.mkdir(path)
 
 
+# The shared record buffer (a list, so that taking it is one atomic pop on CPython as well), or
+# a new one when it is in use.
+_spare = [bytearray(_FILE_MAX)]
+
+
+def _borrow():
+    try:
+        return _spare.pop()
+    except IndexError:
+        return bytearray(_FILE_MAX)
+
+
+# Zeroes buf[:end] and hands the buffer back for the next record.
+def _release(buf, end):
+    view = memoryview(buf)
+    for at in range(0, end, len(_ZEROS)):
+        n = min(len(_ZEROS), end - at)
+        view[at : at + n] = _ZEROS[:n] if n < len(_ZEROS) else _ZEROS
+    if not _spare:
+        _spare.append(buf)
+
+
+# Copies `data` into the plaintext area `out` (the writer of put()).
+def _copier(data):
+    def fill(out):
+        out[:] = data
+
+    return fill
+
+
 def _exists(path):
     try:
         os.stat(path)
@@ -115,43 +155,69 @@ class RecordStore:
 
     # Encrypts and writes a record, replacing any previous one atomically.
     def put(self, name, data):
+        self.put_with(name, len(data), _copier(data))
+
+    # Encrypts and writes a record of `size` bytes that write(out) fills in: `out` is a writable
+    # memoryview of exactly `size` bytes in the shared record buffer, so the record is
+    # serialized, encrypted and written without a copy. Replaces any previous record atomically.
+    def put_with(self, name, size, write):
         _check_name(name)
-        if len(data) > MAX_RECORD:
-            raise Oversize("record of %d bytes exceeds %d" % (len(data), MAX_RECORD))
-        nonce = crypto.random_bytes(_NONCE)  # random per write: a key never sees a nonce twice
-        sealed = crypto.aead_encrypt(self._key, nonce, data, self._ad(name))
-        tmp = self._path(name + _TMP)
-        with open(tmp, "wb") as f:
-            f.write(bytes((FORMAT_VERSION,)))
-            f.write(nonce)
-            f.write(sealed)
-            f.flush()
-            if hasattr(os, "fsync"):
-                os.fsync(f.fileno())
+        if size > MAX_RECORD:
+            raise Oversize("record of %d bytes exceeds %d" % (size, MAX_RECORD))
+        buf = _borrow()
+        end = _HEAD + size + _TAG
+        try:
+            view = memoryview(buf)
+            write(view[_HEAD : _HEAD + size])
+            buf[0] = FORMAT_VERSION
+            view[1:_HEAD] = crypto.random_bytes(_NONCE)  # random per write: never a nonce twice
+            crypto.aead_encrypt_into(self._key, view[1:_HEAD], view[_HEAD : _HEAD + size],
+                                     self._ad(name), view[_HEAD:end])  # in place
+            tmp = self._path(name + _TMP)
+            with open(tmp, "wb") as f:
+                f.write(view[:end])
+                f.flush()
+                if hasattr(os, "fsync"):
+                    os.fsync(f.fileno())
+        finally:
+            _release(buf, end)
         os.rename(tmp, self._path(name))
         _sync_directory(self.directory)
 
-    # The plaintext of a record; NotFound if absent, Corrupted if it does not authenticate.
+    # The plaintext of a record (a new bytearray); NotFound if absent, Corrupted if it does not
+    # authenticate.
     def get(self, name):
+        return self.get_with(name, bytearray)
+
+    # Returns read(plaintext) for a record, where `plaintext` is a memoryview into the shared
+    # record buffer, valid (and holding the record) only during the call: read() must copy what
+    # it keeps. NotFound if absent, Corrupted if it does not authenticate.
+    def get_with(self, name, read):
         _check_name(name)
         path = self._path(name)
         try:
             size = os.stat(path)[6]
         except OSError:
             raise NotFound("no record %s" % name)
-        if size < 1 + _NONCE + _TAG or size > 1 + _NONCE + MAX_RECORD + _TAG:
+        if size < _HEAD + _TAG or size > _FILE_MAX:
             raise Corrupted("record %s has an impossible size (%d bytes)" % (name, size))
-        with open(path, "rb") as f:
-            blob = f.read(size)  # exactly the file: no MAX_RECORD-sized buffer per read
-        if len(blob) != size:
-            raise Corrupted("record %s changed while read" % name)
-        if blob[0] != FORMAT_VERSION:
-            raise Corrupted("record %s has unknown format %d" % (name, blob[0]))
-        blob = memoryview(blob)
+        buf = _borrow()
         try:
-            return crypto.aead_decrypt(self._key, blob[1 : 1 + _NONCE], blob[1 + _NONCE :], self._ad(name))
-        except InvalidTag:
-            raise Corrupted("record %s does not authenticate" % name)
+            view = memoryview(buf)
+            with open(path, "rb") as f:
+                if f.readinto(view[:size]) != size:
+                    raise Corrupted("record %s changed while read" % name)
+            if buf[0] != FORMAT_VERSION:
+                raise Corrupted("record %s has unknown format %d" % (name, buf[0]))
+            n = size - _HEAD - _TAG
+            try:  # decrypted in place: the plaintext replaces the ciphertext in the buffer
+                crypto.aead_decrypt_into(self._key, view[1:_HEAD], view[_HEAD:size], self._ad(name),
+                                         view[_HEAD : _HEAD + n])
+            except InvalidTag:
+                raise Corrupted("record %s does not authenticate" % name)
+            return read(view[_HEAD : _HEAD + n])
+        finally:
+            _release(buf, size)
 
     def delete(self, name):
         _check_name(name)
