@@ -11,17 +11,17 @@ interactive REPL, raw REPL included, as on a board's UART), and `port` is the ot
 stays the same across power cuts (a USB-serial adapter that stays plugged in); bytes sent while
 the board is off are lost, as on a real line. The interpreter's working directory is the flash
 directory, and `lib/` in it is on sys.path, as on ESP32 and RP2040 boards; the heap is capped at
-the board profile's budget.
+the board profile's budget. Unlike a board, Ctrl-C does not interrupt running code (the port reads
+it only at its REPL; letting the terminal turn it into SIGINT races with the port's own terminal
+modes and can kill the interpreter): a board stuck in an application is power-cut.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import pty
 import select
 import signal
 import subprocess
-import termios
 import threading
 import time
 import tty
@@ -62,26 +62,6 @@ BOARD_PROFILES = {
     # the unix port itself, no budget to speak of
     "unix": BoardProfile("unix", "1024K", None, "MicroPython unix port, 1 MB heap"),
 }
-
-
-def _uart_mode(fd: int) -> None:
-    """Raw, except that Ctrl-C interrupts running code, as a board's UART does: the unix port
-    switches its terminal to raw mode (no signals) at the REPL and back to this mode while it runs
-    code, when the kernel turns a Ctrl-C into SIGINT, which the port raises as KeyboardInterrupt."""
-    tty.setraw(fd)
-    attrs = termios.tcgetattr(fd)
-    attrs[3] |= termios.ISIG
-    cc = attrs[6]
-    cc[termios.VINTR] = b"\x03"
-    cc[termios.VQUIT] = cc[termios.VSUSP] = b"\x00"  # disabled: no other byte is a signal
-    termios.tcsetattr(fd, termios.TCSANOW, attrs)
-
-
-def _own_terminal() -> None:
-    # in the child: a session of its own (a power cut kills the group), its pty as controlling
-    # terminal so that Ctrl-C reaches it
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 class VirtualBoard:
@@ -130,11 +110,11 @@ class VirtualBoard:
             raise VirtualBoardError("the board is already running")
         master, slave = pty.openpty()
         tty.setraw(master)
-        _uart_mode(slave)
+        tty.setraw(slave)
         self._banner_seen.clear()
         env = dict(os.environ, MICROPYPATH="lib:.frozen")
         self._proc = subprocess.Popen([self.binary, "-X", "heapsize=" + self.heap], stdin=slave, stdout=slave,
-                                      stderr=slave, cwd=self.flash, env=env, preexec_fn=_own_terminal)
+                                      stderr=slave, cwd=self.flash, env=env, start_new_session=True)
         os.close(slave)
         with self._lock:
             self._board_master = master

@@ -41,14 +41,11 @@ def test_a_host_that_stops_reading_does_not_stall_the_board(tmp_path) -> None:  
         port = serial.Serial(board.port, 115200, timeout=0.05)
         port.write(FLOOD)
         port.close()
-        time.sleep(1)  # far more than the port's buffer gets printed: the board is held back
-        with BoardLink(board.port) as link:  # opening the port again flushes it; Ctrl-C stops the loop
-            assert link.exec("print('still on')").strip() == "still on"
-        assert board.running and board.boots == 1  # interrupted, not restarted
-        port = serial.Serial(board.port, 115200, timeout=0.05)
-        port.write(FLOOD)
+        time.sleep(1)  # far more than the port's buffer gets printed, to nobody
+        port = serial.Serial(board.port, 115200, timeout=0.2)
+        read = port.read(4096)  # the board still runs: what it prints now reaches the new host
         port.close()
-        time.sleep(1)
+        assert b"x" * 70 in read
         board.power_cut()  # the relay drops what the dead board left
         board.boot()
         with BoardLink(board.port) as link:
