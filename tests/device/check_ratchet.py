@@ -1,7 +1,8 @@
 # Behaviour of the Double Ratchet (docs/protocol.md §3) on MicroPython and CPython: two parties
 # built from a fixed SK, long conversations with reordering and drops, replays, the skip limits,
 # tampering, serialization, eviction; optionally the known-answer file docs/vectors/ratchet.txt.
-# Usage: check_ratchet.py [vectors-file]   (prints "ok ratchet state_max=<bytes>" when all passed)
+# Usage: check_ratchet.py [vectors-file]   (prints "ok ratchet state_max=<bytes> ..." when all
+# passed, with forged_x25519=<X25519 calls a forged message with a new ratchet key cost>)
 # checks first: it is compiled from source at import, and compiling it after the SDK modules
 # are loaded fragments the 120 KB heap enough that the large buffers below may not fit.
 from checks import raises_in
@@ -231,6 +232,66 @@ def check_tampering():
     assert hexlify(SK).decode()[:8] not in msg
 
 
+# Counts the X25519 operations (x25519 and x25519_base) of the crypto interface the ratchet
+# calls, while `fn(*args)` runs; returns (count, result or the error raised).
+def x25519_calls(fn, *args):
+    count = [0]
+    plain, base = crypto.x25519, crypto.x25519_base
+
+    def counted(f):
+        def call(*a):
+            count[0] += 1
+            return f(*a)
+        return call
+
+    crypto.x25519, crypto.x25519_base = counted(plain), counted(base)
+    try:
+        result = fn(*args)
+    except RatchetError as e:
+        result = e
+    finally:
+        crypto.x25519, crypto.x25519_base = plain, base
+    return count[0], result
+
+
+# A forged message with a new ratchet key costs one X25519 (the receiving chain its message key
+# needs), no rng call and no state change; the new own key pair and sending chain (X25519 base
+# and X25519) follow only after the AEAD check passed (§3, D16: each stored state tried).
+def check_forged_message_cost():
+    alice, bob = pair(b"forged")
+    forger = ratchet.generate_keypair(Rng(b"forger"))[1]
+    fresh = ratchet.init_responder(SK, ratchet.generate_keypair(Rng(b"fresh")), AD, Rng(b"fresh-2"))
+    deliver(bob, alice.encrypt(b"first"), b"first")
+    deliver(alice, bob.encrypt(b"turn"), b"turn")
+    genuine = alice.encrypt(b"new chain")  # Alice's second ratchet key: new to Bob
+    forged = (
+        (bob, (forger, 0, 0, bytes(40))),  # a foreign key, receiving chain present
+        (bob, (forger, 3, 5, bytes(40))),  # skips in the old and the new chain
+        (bob, genuine[:3] + (flip(genuine[3], len(genuine[3]) - 1),)),  # a genuine header
+        (fresh, (forger, 0, 0, bytes(40))),  # a responder before its first message
+    )
+    worst = 0
+    for session, message in forged:
+        before, rng_calls = state_digest(session), session._rng.count
+        calls, result = x25519_calls(session.decrypt, *message)
+        if not isinstance(result, DecryptionFailed):
+            raise AssertionError("forged message gave %r" % (result,))
+        if calls != 1:
+            raise AssertionError("forged message with a new ratchet key cost %d X25519, expected 1" % calls)
+        worst = max(worst, calls)
+        if session._rng.count != rng_calls or state_digest(session) != before:
+            raise AssertionError("forged message changed the session or drew from the rng")
+    # The genuine message still performs the whole DH ratchet step, once.
+    rng_calls = bob._rng.count
+    calls, result = x25519_calls(bob.decrypt, *genuine)
+    if bytes(result) != b"new chain" or calls != 3 or bob._rng.count != rng_calls + 1:
+        raise AssertionError("genuine new-chain message: %d X25519, %r" % (calls, result))
+    calls, result = x25519_calls(bob.decrypt, *alice.encrypt(b"same chain"))
+    if bytes(result) != b"same chain" or calls != 0:
+        raise AssertionError("message of the current chain cost %d X25519" % calls)
+    return worst
+
+
 def check_serialization():
     alice, bob = pair(b"ser")
     fresh = bob.to_bytes()  # responder before its first message: no DHr, CKs, CKr
@@ -392,11 +453,13 @@ def main():
     run(check_duplicates)
     run(check_max_skip)
     run(check_tampering)
+    forged = run(check_forged_message_cost)
     run(check_serialization)
     run(check_eviction)
     size = run(check_max_state_size)
     vectors = check_vectors(sys.argv[1]) if len(sys.argv) > 1 else 0
-    print("ok ratchet state_max=%d messages=%d dropped=%d vectors=%d" % (size, sent, dropped, vectors))
+    print("ok ratchet state_max=%d messages=%d dropped=%d vectors=%d forged_x25519=%d" % (
+        size, sent, dropped, vectors, forged))
 
 
 main()

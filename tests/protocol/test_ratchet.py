@@ -37,6 +37,7 @@ def test_ratchet_micropython(micropython):
     out = micropython.run(SCRIPT, str(VECTORS))
     assert out.startswith("ok ratchet state_max=4849 "), out
     assert "vectors=0" not in out
+    assert out.rstrip().endswith(" forged_x25519=1"), out
 
 
 def test_ratchet_cpython():
@@ -45,6 +46,7 @@ def test_ratchet_cpython():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("ok ratchet state_max=4849 "), proc.stdout
     assert "vectors=0" not in proc.stdout
+    assert proc.stdout.rstrip().endswith(" forged_x25519=1"), proc.stdout
 
 
 def test_limits_pinned():

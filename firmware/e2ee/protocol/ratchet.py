@@ -4,7 +4,10 @@
 #
 # Decryption runs on a copy of the state and commits only after the AEAD check passed, so a
 # message that fails for any reason (tampered, replayed, too far ahead) leaves the session
-# byte-for-byte unchanged. repr() shows counters only, never key bytes.
+# byte-for-byte unchanged. A message with a new ratchet key costs one X25519 before its AEAD
+# check (the receiving chain); the new own key pair and sending chain, two more, follow only
+# once it authenticated, so a forged message cannot make a board spend them. repr() shows
+# counters only, never key bytes.
 import struct
 
 from e2ee import crypto
@@ -28,8 +31,8 @@ MAX_SKIP = const(32)
 # (4.3 KB) is the largest share of a 120 KB heap we give one session; it holds two full skips.
 MAX_STORED_SKIPPED = const(64)
 # §3: the peer's previous ratchet keys remembered, so a replayed message of an old chain is
-# refused as DuplicateMessage without a DH step (two X25519 calls an attacker could make us
-# spend). libsignal and vodozemac keep 5 receiving chains.
+# refused as DuplicateMessage without a DH step (the X25519 call of a receiving chain, which an
+# attacker could otherwise make us spend). libsignal and vodozemac keep 5 receiving chains.
 MAX_PREVIOUS_CHAINS = const(5)
 KEY_SIZE = const(32)  # X25519 keys, root, chain and message keys (§3)
 MAX_AD_SIZE = const(255)  # serialized with a one-byte length; §2 AD is 128 bytes
@@ -196,12 +199,16 @@ class Session:
         elif dh == self._dhs_pub:
             raise InvalidHeader("header carries this session's own ratchet key")
         state = self._copy()
-        if dh != state._dhr:
+        new_chain = dh != state._dhr
+        if new_chain:
             state._skip(pn)
-            state._dh_ratchet(dh)
+            state._receiving_chain(dh)
         state._skip(n)
         ckr, mk = chain_key.advance(state._ckr)
         plaintext = self._open(mk, dh, pn, n, ciphertext)
+        # Authenticated: only now the rest of the DH ratchet step (a new key pair, two X25519).
+        if new_chain:
+            state._sending_chain(dh)
         state._ckr = ckr
         state._nr = n + 1
         self._assign(state)
@@ -242,9 +249,9 @@ class Session:
             self._skipped.append(self._dhr + self._nr.to_bytes(4, "big") + mk)
             self._nr += 1
 
-    # Signal spec DHRatchet: a new receiving chain from the peer's key `dh`, then a new own
-    # key pair and sending chain.
-    def _dh_ratchet(self, dh):
+    # Signal spec DHRatchet, first half: a new receiving chain from the peer's key `dh`
+    # (one X25519). decrypt() runs it before the AEAD check, as the message key needs it.
+    def _receiving_chain(self, dh):
         if self._dhr is not None:
             if len(self._previous) >= MAX_PREVIOUS_CHAINS:
                 del self._previous[0]
@@ -254,6 +261,12 @@ class Session:
         self._nr = 0
         self._dhr = dh
         self._rk, self._ckr = root_key.advance(self._rk, self._dh(dh))
+
+    # Signal spec DHRatchet, second half: a new own key pair and sending chain (X25519 base
+    # and X25519). decrypt() runs it only after the AEAD check passed. The state is the one the
+    # spec's order gives: skipping and the message key read only the receiving chain, which
+    # this half leaves alone, and the rng is called once per new chain either way.
+    def _sending_chain(self, dh):
         self._dhs, self._dhs_pub = generate_keypair(self._rng)
         self._rk, self._cks = root_key.advance(self._rk, self._dh(dh))
 
