@@ -45,7 +45,8 @@ _AUTH_INFO = b"e2ee-iot backup auth v1"
 # Record stores of an install, by directory name (the directory name is the store's kind). "trust"
 # (pinned CA keys, own certificate, revocation list) is absent from archives made before installs
 # kept a trust store; HostInstall.open() rebuilds it then. Boards' archives have no "trust" either.
-STORES = ("keys", "sessions", "config", "trust")
+# "groups" (own and members' sender keys, docs/groups.md) is there once the install used a group.
+STORES = ("keys", "sessions", "config", "trust", "groups")
 
 
 class BackupError(ValueError):
@@ -138,7 +139,7 @@ def archive_of(records: list[tuple[str, str, bytes]]) -> bytes:
 
 
 def export_state(directory: str | os.PathLike[str], storage_key: bytes) -> bytes:
-    """The archive of every record under `directory` (stores keys/, sessions/, config/, trust/)."""
+    """The archive of every record under `directory` (stores keys/, sessions/, config/, trust/, groups/)."""
     records = []
     for kind in STORES:
         path = Path(directory) / kind

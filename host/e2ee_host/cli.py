@@ -25,6 +25,9 @@
     e2ee client restore --dir NEW --device-id ID [--passphrase-file F]
     e2ee client renew --dir D --claim TOKEN                             new certificate and MQTT credentials
     e2ee client send --dir D PEER TEXT|-                                encrypt, publish (docs/host-client.md)
+    e2ee client send --dir D --owner O TEXT|-                           to every device of the owner, pairwise
+    e2ee client group-join --dir D GROUP                                group messages wait at the broker
+    e2ee client group-send --dir D GROUP TEXT|- [--members A,B,...]     one Sender Key message to the group
     e2ee client receive --dir D [--timeout S] [--count N]               decrypt, print "sender: text" lines
 
 The service address and operator key come from --url / --api-key or E2EE_URL / E2EE_API_KEY
@@ -411,8 +414,37 @@ def _message_bytes(args: argparse.Namespace) -> bytes:
     return data[:-1] if data.endswith(b"\n") else data  # the newline `echo` adds
 
 
+class _UsageError(Exception):
+    """The command line does not say enough (exit status 2)."""
+
+
+class _Failed(Exception):
+    """Some of a fan-out's sends failed (each said why on stderr): exit with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _close(inst: Any, link: Any) -> None:
+    """Closes a send's link; what the broker delivered to it meanwhile (the install's persistent
+    session: inbox, joined groups) is spooled for the next receive, not lost."""
+    if link is None:
+        return
+    link.close()
+    for sender, envelope in inst.spool_rest(link):
+        print("e2ee: undecryptable message from %s: Oversize: %d bytes" % (_printable(sender), len(envelope)),
+              file=sys.stderr)
+
+
 def _client_send(args: argparse.Namespace) -> Any:
     from e2ee_host.install import HostInstall, InstallError
+    if args.owner is not None:
+        if args.peer is not None:
+            raise _UsageError("give either PEER or --owner, not both")
+        return _client_send_owner(args)
+    if args.peer is None:
+        raise _UsageError("send needs PEER and TEXT (or --owner OWNER and TEXT)")
     inst = HostInstall.open(args.dir)
     inst.broker_address(args.broker)  # no credentials: stop before anything else
     if args.peer == inst.device_id:
@@ -429,11 +461,172 @@ def _client_send(args: argparse.Namespace) -> Any:
         envelope = inst.sessions.encrypt(args.peer, data, int(time.time()))
         link.send(args.peer, envelope)
     finally:
-        if link is not None:
-            link.close()
+        _close(inst, link)
         inst.save()
     return {"to": args.peer, "bytes": len(envelope), "new_session": new} if args.json else \
         "sent to %s (%d bytes of ciphertext%s)" % (args.peer, len(envelope), ", new session" if new else "")
+
+
+def _refusal(e: Exception) -> tuple[int, bool]:
+    """(exit status, revoked?) of one peer's failure in a fan-out: revoked peers are skipped."""
+    from e2ee.protocol import session
+    from e2ee_host.transport import TransportError
+    if isinstance(e, ApiError):
+        return 1, e.status == 410
+    if isinstance(e, (session.PeerRefused, certificate.CertificateError)):
+        return 2, isinstance(e, (session.PeerRevoked, certificate.Revoked))
+    if isinstance(e, TransportError):
+        return 3, False
+    raise e
+
+
+def _client_send_owner(args: argparse.Namespace) -> Any:
+    """`send --owner O TEXT`: the message to every device of the owner (GET /owners/{owner}/devices,
+    docs/linking.md §4), each over its own certified pairwise session; revoked ones skipped."""
+    from e2ee.protocol import session
+    from e2ee_host.install import HostInstall
+    from e2ee_host.transport import TransportError
+    inst = HostInstall.open(args.dir)
+    inst.broker_address(args.broker)
+    data = _message_bytes(args)
+    owner = args.owner
+    sent: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    failed: list[tuple[str, int]] = []
+
+    def refused(device: str, e: Exception) -> None:
+        status, revoked = _refusal(e)
+        reason = "%s: %s" % (type(e).__name__, e)
+        if revoked:
+            skipped.append({"device": device, "reason": reason})
+            print("e2ee: skipped %s: revoked (%s)" % (device, reason), file=sys.stderr, flush=True)
+        else:
+            failed.append((device, status))
+            print("e2ee: not sent to %s: %s" % (device, reason), file=sys.stderr, flush=True)
+
+    link = None
+    try:
+        _refresh_revocation_list(inst)
+        inst.ensure_certificate()
+        listed = [str(d["device_id"]) for d in inst.client.signed("GET", "/owners/%s/devices" % owner)]
+        devices = [d for d in listed if d != inst.device_id]
+        remembered = inst.settings.setdefault("owners", {})
+        for gone in remembered.get(owner, []):  # the service lists unrevoked devices only
+            if gone not in listed:
+                skipped.append({"device": gone, "reason": "no longer listed (revoked or unlinked)"})
+                print("e2ee: skipped %s: no longer a device of owner %s (revoked or unlinked)" % (gone, owner),
+                      file=sys.stderr, flush=True)
+        if not devices:
+            raise ApiError(404, "owner %s has no unrevoked device to send to%s" % (
+                owner, " but this install" if listed else ""))
+        remembered[owner] = devices
+        ready = []
+        for device in devices:
+            try:
+                new = inst.needs_session(device)
+                if new:
+                    inst.start_session(device)
+                ready.append((device, new))
+            except (ApiError, session.PeerRefused, certificate.CertificateError) as e:
+                refused(device, e)
+        if ready:
+            link = _connect(inst, args, args.timeout)  # before encrypt(): no message key spent on a dead broker
+        for device, new in ready:
+            try:
+                envelope = inst.sessions.encrypt(device, data, int(time.time()))
+                link.send(device, envelope)
+            except (session.PeerRefused, TransportError) as e:
+                refused(device, e)
+                continue
+            sent.append({"to": device, "bytes": len(envelope), "new_session": new})
+            if not args.json:
+                print("sent to %s (%d bytes of ciphertext%s)" % (device, len(envelope), ", new session" if new
+                                                                  else ""), flush=True)
+    finally:
+        _close(inst, link)
+        inst.save()
+    if args.json:
+        print(json.dumps({"owner": owner, "sent": sent, "skipped": skipped,
+                          "failed": [device for device, _ in failed]}, indent=2))
+    summary = "sent to %d of %d device(s) of owner %s" % (len(sent), len(devices), owner)
+    if skipped:
+        summary += ", %d skipped (revoked)" % len(skipped)
+    if failed:
+        raise _Failed(max(status for _, status in failed), "%s, %d failed: %s" % (
+            summary, len(failed), ", ".join(device for device, _ in failed)))
+    print("e2ee: " + summary, file=sys.stderr)
+    return None
+
+
+def _members(args: argparse.Namespace) -> list[str] | None:
+    if args.members is None:
+        return None
+    return [m for given in args.members for m in given.split(",") if m]
+
+
+def _join(inst: Any, link: Any, group: str) -> None:
+    from e2ee_host.install import NotGroupMember
+    if not link.join_group(group):
+        raise NotGroupMember("the broker refused the topic of group %s to %s: the operator has not added it "
+                             "(e2ee groups add --fleet %s --group %s %s)" % (
+                                 group, inst.device_id, inst.settings["fleet"], group, inst.device_id))
+    inst.remember_group(group)
+
+
+def _client_group_join(args: argparse.Namespace) -> Any:
+    """Subscribes the install's persistent session to the group topic, so the group's messages
+    wait at the broker while it is offline (as the mailbox does for its inbox)."""
+    from e2ee_host.install import HostInstall
+    inst = HostInstall.open(args.dir)
+    inst.broker_address(args.broker)
+    link = _connect(inst, args, args.timeout)
+    try:
+        _join(inst, link, args.group)
+    finally:
+        _close(inst, link)
+        inst.save()
+    return {"joined": args.group} if args.json else "joined group %s: its messages wait at the broker for %s" % (
+        args.group, inst.device_id)
+
+
+def _client_group_send(args: argparse.Namespace) -> Any:
+    """`group-send GROUP TEXT`: this install's sender key to the members that lack it (made the
+    first time, new after a member left; each over its certified pairwise session), then one
+    Sender Key message on the group topic (docs/groups.md)."""
+    from e2ee_host.install import HostInstall
+    inst = HostInstall.open(args.dir)
+    inst.broker_address(args.broker)
+    data = _message_bytes(args)
+    members = _members(args)
+    if members is None:
+        if not inst.group_members(args.group):
+            raise _UsageError("the first send to group %s needs --members (the other members' device ids)"
+                              % args.group)
+        members = inst.group_members(args.group)
+    link = None
+    try:
+        _refresh_revocation_list(inst)
+        inst.ensure_certificate()
+        pending = inst.set_group_members(args.group, members)
+        inst.save()
+        for member in pending:  # every session before the broker: a refused member stops the send here
+            if inst.needs_session(member):
+                inst.start_session(member)
+        link = _connect(inst, args, args.timeout)
+        _join(inst, link, args.group)
+        for member in pending:
+            link.send(member, inst.sessions.encrypt(member, inst.distribution_message(args.group), int(time.time())))
+            inst.distributed(args.group, member)
+            inst.save()
+        wire = inst.groups.encrypt(args.group, data)  # the advanced chain is stored before it leaves
+        link.send_group(args.group, wire)
+    finally:
+        _close(inst, link)
+        inst.save()
+    if args.json:
+        return {"group": args.group, "bytes": len(wire), "sender_key_sent_to": pending}
+    return "sent to group %s (%d bytes%s)" % (args.group, len(wire), ", sender key sent to %s" % ", ".join(pending)
+                                               if pending else "")
 
 
 def _printable(text: str) -> str:
@@ -441,22 +634,30 @@ def _printable(text: str) -> str:
 
 
 class _Receiver:
-    """Decrypts and prints what arrives: `sender: text` on stdout (or JSON lines with --json),
-    duplicates and undecryptable messages as one line each on stderr."""
+    """Decrypts and prints what arrives: `sender: text` (pairwise) and `group/sender: text` (group)
+    on stdout (or JSON lines with --json), duplicates and undecryptable messages as one line each
+    on stderr. Sender key distributions are installed, not printed; `joined(group)` is called for
+    the group of each one."""
 
-    def __init__(self, inst: Any, args: argparse.Namespace) -> None:
-        self.inst, self.json = inst, args.json
+    def __init__(self, inst: Any, args: argparse.Namespace, joined: Any = None) -> None:
+        self.inst, self.json, self.joined = inst, args.json, joined
         self.printed = self.duplicates = self.failed = 0
 
     def handle(self, sender: str, envelope: bytes) -> None:
+        """A pairwise envelope, or a spooled group message (its sender as the spool keeps it)."""
         from e2ee.protocol import ratchet
         from e2ee.protocol.store import StoreError
         inst = self.inst
+        group = inst.spooled_group(sender)
+        if group is not None:
+            self.handle_group(group, envelope)
+            return
         if inst.is_probe(sender, envelope):
             return
         who = _printable(sender)
         try:
             plaintext = bytes(inst.sessions.decrypt(sender, envelope, int(time.time())))
+            group = inst.accept_distribution(sender, plaintext)
         except ratchet.DuplicateMessage:
             self.duplicates += 1
             print("e2ee: duplicate message from %s skipped (DuplicateMessage: received before)" % who,
@@ -469,14 +670,48 @@ class _Receiver:
             print("e2ee: undecryptable message from %s: %s: %s" % (who, type(e).__name__, e), file=sys.stderr,
                   flush=True)
             return
-        self.printed += 1
+        if group is not None:
+            inst.save()
+            print("e2ee: sender key of %s for group %s installed" % (who, _printable(group)), file=sys.stderr,
+                  flush=True)
+            if self.joined is not None:
+                self.joined(group)
+            return
+        self.show(None, sender, plaintext)
+
+    def handle_group(self, group: str, wire: bytes) -> None:
+        from e2ee.protocol import sender_key
+        from e2ee.protocol.store import StoreError
+        where = _printable(group)
         try:
-            text = plaintext.decode()
+            opened = self.inst.decrypt_group(group, wire)
+        except sender_key.Duplicate as e:
+            self.duplicates += 1
+            print("e2ee: duplicate group message in %s skipped (Duplicate: %s)" % (where, e), file=sys.stderr,
+                  flush=True)
+            return
+        except (StoreError, OSError):
+            raise
+        except Exception as e:
+            self.failed += 1
+            print("e2ee: undecryptable group message in %s: %s: %s" % (where, type(e).__name__, e),
+                  file=sys.stderr, flush=True)
+            return
+        if opened is not None:  # None: this install's own message, back from the broker
+            self.show(group, *opened)
+
+    def show(self, group: str | None, sender: str, plaintext: bytes) -> None:
+        self.printed += 1
+        who = _printable(sender) if group is None else "%s/%s" % (_printable(group), _printable(sender))
+        try:
+            text: str | None = plaintext.decode()
         except UnicodeDecodeError:
             text = None
         if self.json:
-            line = json.dumps({"from": sender, "text": text} if text is not None else
-                              {"from": sender, "hex": plaintext.hex()})
+            fields: dict[str, Any] = {} if group is None else {"group": group}
+            fields["from"] = sender
+            fields.update({"text": text} if text is not None else {"hex": plaintext.hex()})
+            line = json.dumps(fields)
         elif text is not None and text.isprintable():
             line = "%s: %s" % (who, text)
         else:  # binary, or text with control characters (a terminal would obey them)
@@ -484,20 +719,53 @@ class _Receiver:
         print(line, flush=True)
 
 
+def _next(link: Any, wait: float) -> tuple[str | None, str, bytes] | None:
+    """(None, sender, envelope) from the inbox or (group, "", wire) from a joined group, within
+    `wait` seconds, else None. The inbox goes first: a sender key distribution is handled before
+    the group messages its sender published after it."""
+    import queue
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sender, envelope = link.inbox.get(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+            return None, sender, bytes(envelope)
+        except queue.Empty:
+            pass
+        try:
+            group, wire = link.group_messages.get_nowait()
+            return group, "", bytes(wire)
+        except queue.Empty:
+            pass
+        if time.monotonic() >= deadline:
+            return None
+
+
 def _client_receive(args: argparse.Namespace) -> Any:
-    from e2ee_host.install import HostInstall
+    from e2ee_host.install import HostInstall, NotGroupMember
     from e2ee_host.transport import TransportError
     inst = HostInstall.open(args.dir)
     inst.broker_address(args.broker)  # no credentials: stop before anything else
     _refresh_revocation_list(inst)
     refreshed = time.monotonic()
-    receiver = _Receiver(inst, args)
+    link = None
+    tried: set[str] = set()
+
+    def join(group: str) -> None:
+        """The group's topic on this connection (once per run); a refusal is a note, not an error."""
+        if link is None or group in tried:
+            return
+        tried.add(group)
+        try:
+            _join(inst, link, group)
+        except (NotGroupMember, TransportError) as e:
+            print("e2ee: group %s: %s" % (_printable(group), e), file=sys.stderr, flush=True)
+
+    receiver = _Receiver(inst, args, join)
     prekeys = len(inst.client.keystore.one_time_prekey_publics())
 
     def enough() -> bool:
         return args.count is not None and receiver.printed >= args.count
 
-    link = None
     current: tuple[str, bytes] | None = None
     try:
         for seq, sender, envelope in inst.spooled():  # delivered to an earlier run, not handled yet
@@ -507,6 +775,8 @@ def _client_receive(args: argparse.Namespace) -> Any:
             inst.unspool(seq)
         if not enough():
             link = _connect(inst, args, 30.0)
+            for group in inst.known_groups():
+                join(group)
         idle_since = time.monotonic()
         while not enough():
             if time.monotonic() - refreshed >= _REFRESH_EVERY:  # revocations during a long receive
@@ -517,12 +787,16 @@ def _client_receive(args: argparse.Namespace) -> Any:
                 wait = min(wait, args.timeout - (time.monotonic() - idle_since))
                 if wait <= 0:
                     break
-            try:
-                sender, envelope = link.receive(timeout=wait)
-            except TransportError:  # nothing within `wait`
+            got = _next(link, wait)
+            if got is None:
                 continue
-            current = (sender, bytes(envelope))
-            receiver.handle(*current)
+            group, sender, envelope = got
+            if group is None:
+                current = (sender, envelope)
+                receiver.handle(sender, envelope)
+            else:
+                current = (inst.group_spool_sender(group), envelope)
+                receiver.handle_group(group, envelope)
             current = None
             idle_since = time.monotonic()
     except KeyboardInterrupt:
@@ -688,22 +962,35 @@ def _parser() -> argparse.ArgumentParser:
     c = cs.add_parser("renew", help="re-enroll this identity: new certificate and MQTT credentials")
     c.add_argument("--claim", required=True)
     c.set_defaults(board=_client_renew)
-    c = cs.add_parser("send", help="encrypt a message to a peer and publish it on the broker")
-    c.add_argument("peer", help="the peer's device id")
+    c = cs.add_parser("send", help="encrypt a message to a peer (or every device of an owner) and publish it")
+    c.add_argument("peer", nargs="?", help="the peer's device id (not with --owner)")
     c.add_argument("text", help="the message; - reads it from stdin (one trailing newline dropped)")
+    c.add_argument("--owner", help="send to every unrevoked device of this owner, each pairwise")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
+    c = cs.add_parser("group-join", help="subscribe this install to a group's topic (messages wait while offline)")
+    c.add_argument("group")
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
+    c.set_defaults(board=_client_group_join)
+    c = cs.add_parser("group-send", help="publish one Sender Key message to a group")
+    c.add_argument("group")
+    c.add_argument("text", help="the message; - reads it from stdin (one trailing newline dropped)")
+    c.add_argument("--members", action="append",
+                   help="the other members' device ids, comma-separated (remembered; needed the first time; "
+                        "a member left out gets no new sender key)")
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
+    c.set_defaults(board=_client_group_send)
     c = cs.add_parser("receive", help="decrypt and print messages from the install's inbox")
     c.add_argument("--timeout", type=float, default=None,
                    help="stop after S seconds without a message (default: run until Ctrl-C or --count)")
     c.add_argument("--count", type=int, default=None, help="stop after N messages")
     c.set_defaults(board=_client_receive)
     cs.choices["send"].set_defaults(board=_client_send)
-    for name in ("init", "send", "receive", "renew"):
+    for name in ("init", "send", "receive", "renew", "group-join", "group-send"):
         cs.choices[name].add_argument("--broker", help="HOST:PORT instead of the address the service gave")
         cs.choices[name].add_argument("--tls-ca", help="connect to the broker over TLS, trusting this CA file")
     for name, sub in cs.choices.items():
         sub.add_argument("--dir", required=True, help="the install's directory")
-        if name in ("send", "receive", "renew"):
+        if name in ("send", "receive", "renew", "group-join", "group-send"):
             continue
         sub.add_argument("--yes", action="store_true", help="answer yes to the check-code question")
         sub.add_argument("--timeout", type=float, default=300.0)
@@ -739,14 +1026,24 @@ def _run_board(args: argparse.Namespace) -> int:
     from e2ee_host.board_link import BoardError
     from e2ee_host.install import InstallError
     from e2ee_host.transport import TransportError
+    from e2ee.protocol.sender_key import SenderKeyError
     try:
         out = args.board(args)
+    except _UsageError as e:
+        print("e2ee: %s" % e, file=sys.stderr)
+        return 2
+    except _Failed as e:
+        print("e2ee: %s" % e, file=sys.stderr)
+        return e.status
     except (BoardError, InstallError, BackupError, LinkError, TransportError) as e:
         print("e2ee: %s" % e, file=sys.stderr)
         return 3
     except ApiError as e:
         print("e2ee: the service refused: %s" % e, file=sys.stderr)
         return 1
+    except SenderKeyError as e:  # a group message refused on this side (too long, chain exhausted)
+        print("e2ee: %s: %s" % (type(e).__name__, e), file=sys.stderr)
+        return 2
     except (certificate.CertificateError, session.PeerRefused) as e:
         peer = getattr(args, "peer", None)
         print("e2ee: %s: %s: %s" % ("refused to talk to %s" % peer if peer else "verification failed", type(e).__name__,

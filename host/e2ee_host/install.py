@@ -8,6 +8,7 @@ so the `e2ee client` commands, backups and the SDK all find the identity in one 
     inst.trust         # TrustStore: pinned Fleet CA keys, own certificate, newest revocation list
     inst.sessions      # SessionManager: X3DH + Double Ratchet with peers, certified (docs/protocol.md)
     inst.link()        # HostLink to the broker with the install's own MQTT credentials
+    inst.groups        # GroupSessions: own and members' sender keys per group (groups/, docs/groups.md)
 
 Messaging from the command line (`e2ee client send/receive`) is described in docs/host-client.md.
 """
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from e2ee.protocol import certificate
+from e2ee.protocol.group import GroupSessions, NotMember
 from e2ee.protocol.keys import KeyStore
+from e2ee.protocol.sender_key import Duplicate, SenderChain, SenderKeyError, UnknownChain
 from e2ee.protocol.session import SessionManager
 from e2ee.protocol.store import MAX_RECORD, NotFound, RecordStore
 from e2ee.protocol.trust import TrustStore
@@ -30,12 +33,19 @@ from e2ee_host.client import DeviceClient, Enrolled
 if TYPE_CHECKING:
     from e2ee_host.transport import HostLink
 
-__all__ = ["HostInstall", "InstallError", "NoBrokerCredentials"]
+__all__ = ["DISTRIBUTION_PREFIX", "HostInstall", "InstallError", "NoBrokerCredentials", "NotGroupMember"]
 
 KEY_FILE = "storage.key"
 _SETTINGS = "settings"
 _SPOOL = "spool"  # store of envelopes the broker delivered that were not handled yet (not backed up)
 _FROM = "-from"
+# A spooled group message keeps "\x00g/" + its group where a pairwise one keeps its sender's id
+# (device ids are [A-Za-z0-9._-], docs/provisioning.md, so the two never meet).
+_GROUP_SPOOL = "\x00g/"
+# A pairwise message that carries a sender key distribution (docs/groups.md, "Chains"): these bytes,
+# len || group id, then the SenderKeyDistribution. Receivers install it and do not show it; no
+# text typed on a command line starts with a NUL byte.
+DISTRIBUTION_PREFIX = b"\x00e2ee-skd\x01"
 
 
 class InstallError(RuntimeError):
@@ -44,6 +54,10 @@ class InstallError(RuntimeError):
 
 class NoBrokerCredentials(InstallError):
     """The install holds no MQTT credentials, so it cannot reach the broker."""
+
+
+class NotGroupMember(InstallError):
+    """The broker refused the group's topic: the operator has not added this install (or removed it)."""
 
 
 def _write_key(path: Path) -> bytes:
@@ -73,6 +87,7 @@ class HostInstall:
         self.trust = TrustStore(str(directory), storage_key)
         self.sessions = SessionManager(str(directory), storage_key, keystore, trust=self.trust)
         self.client = DeviceClient(settings["url"], settings["device_id"], settings["fleet"], keystore)
+        self.groups = GroupSessions(str(directory), storage_key, settings["device_id"])
         self.client.uploaded_opk_ids = set(settings.get("uploaded_opks", []))
         # signed writes must carry strictly newer timestamps, also across processes
         self.client.last_timestamp = int(settings.get("last_timestamp", 0))
@@ -253,19 +268,130 @@ class HostInstall:
 
     def spool_rest(self, link: HostLink) -> list[tuple[str, bytes]]:
         """After link.close(): spools what the link received but nobody took (the broker counts
-        it delivered). Returns the messages too large to keep, as spool() does."""
+        it delivered), pairwise and group messages. Returns the messages too large to keep, as
+        spool() does."""
         from e2ee_host.transport import TransportError
         rest = []
         while True:
             try:
                 sender, envelope = link.receive(timeout=0.05)
             except TransportError:
-                return self.spool(rest)
+                break
             rest.append((sender, bytes(envelope)))
+        while not link.group_messages.empty():
+            group, wire = link.group_messages.get_nowait()
+            rest.append((self.group_spool_sender(group), bytes(wire)))
+        return self.spool(rest)
+
+    @staticmethod
+    def group_spool_sender(group: str) -> str:
+        """What the spool keeps as the sender of a message of `group` (see spooled_group)."""
+        return _GROUP_SPOOL + group
+
+    @staticmethod
+    def spooled_group(sender: str) -> str | None:
+        """The group of a spooled group message (its sender as group_spool_sender made it), else None."""
+        return sender[len(_GROUP_SPOOL):] if sender.startswith(_GROUP_SPOOL) else None
 
     def is_probe(self, sender: str, envelope: bytes) -> bool:
         """The empty message open_mailbox() sends itself (skipped by receivers)."""
         return sender == self.device_id and not len(envelope)
+
+    # --- groups (docs/groups.md): sender keys in groups/, what is known of each group in the settings ---
+
+    def _group(self, group: str) -> dict[str, list[str]]:
+        state: dict[str, list[str]] = self.settings.setdefault("groups", {}).setdefault(group, {})
+        for key in ("members", "distributed", "senders"):
+            state.setdefault(key, [])
+        return state
+
+    def known_groups(self) -> list[str]:
+        """The groups this install joined, sent to, or received a sender key for."""
+        return sorted(self.settings.get("groups", {}))
+
+    def remember_group(self, group: str) -> None:
+        self._group(group)
+
+    def group_members(self, group: str) -> list[str]:
+        """The members this install distributes its sender key to (as last given to set_group_members)."""
+        return list(self._group(group)["members"])
+
+    def set_group_members(self, group: str, members: list[str]) -> list[str]:
+        """Sets the other members of `group` and returns those that still need this install's
+        current sender key. The first time, and whenever a member left, a **new** own chain is
+        made (docs/groups.md, "Membership": what follows is unreadable with the old one) and the
+        chains of members who left are deleted; a member who joined gets the current one."""
+        state = self._group(group)
+        others = sorted(set(members) - {self.device_id})
+        left = set(state["members"]) - set(others)
+        for member in left:
+            self.groups.remove_member(group, member)
+        state["senders"] = [s for s in state["senders"] if s not in left]
+        try:
+            self.groups.distribution(group)
+            rotate = bool(left)
+        except NotMember:
+            rotate = True
+        if rotate:
+            self.groups.create(group)
+            state["distributed"] = []
+        state["members"] = others
+        return [m for m in others if m not in state["distributed"]]
+
+    def distribution_message(self, group: str) -> bytes:
+        """The pairwise plaintext that carries this install's current sender key for `group`."""
+        name = group.encode()
+        return DISTRIBUTION_PREFIX + bytes((len(name),)) + name + self.groups.distribution(group)
+
+    def distributed(self, group: str, member: str) -> None:
+        """`member` has this install's current sender key (it was sent in their pairwise session)."""
+        state = self._group(group)
+        if member not in state["distributed"]:
+            state["distributed"].append(member)
+
+    def accept_distribution(self, sender: str, plaintext: bytes) -> str | None:
+        """When the decrypted pairwise `plaintext` from `sender` is a sender key distribution,
+        installs it as `sender`'s chain and returns its group (None for any other message).
+        Raises sender_key.Malformed when it is damaged or names another group."""
+        if not plaintext.startswith(DISTRIBUTION_PREFIX):
+            return None
+        from e2ee.protocol.sender_key import Malformed
+        rest = plaintext[len(DISTRIBUTION_PREFIX):]
+        if not rest or len(rest) < 1 + rest[0]:
+            raise Malformed("sender key distribution of %d bytes is truncated" % len(plaintext))
+        try:
+            group = rest[1:1 + rest[0]].decode()
+        except UnicodeDecodeError:
+            raise Malformed("sender key distribution names no valid group") from None
+        self.groups.add_member(group, sender, rest[1 + rest[0]:])
+        state = self._group(group)
+        if sender not in state["senders"]:
+            state["senders"].append(sender)
+        return group
+
+    def decrypt_group(self, group: str, wire: bytes) -> tuple[str, bytes] | None:
+        """(sender, plaintext) of a group message; None for this install's own message (the
+        broker sends it back). The sender is the member whose chain has the message's key id.
+        Raises the sender_key errors (UnknownChain: no distribution from its sender arrived;
+        BadSignature, Duplicate, TooFarAhead, Malformed); a refusal changes nothing stored."""
+        refused: SenderKeyError | None = None
+        for sender in self._group(group)["senders"]:
+            try:
+                return sender, bytes(self.groups.decrypt(group, sender, wire))
+            except UnknownChain:
+                continue
+            except SenderKeyError as e:  # a key id that matched by chance: the others may hold it
+                refused = refused or e
+        if refused is not None:
+            raise refused
+        try:  # a public copy of the own chain verifies the signature of what this install sent
+            SenderChain.from_distribution(self.groups.distribution(group), group).decrypt(group, self.device_id, wire)
+        except (NotMember, UnknownChain):
+            pass
+        except Duplicate:
+            return None
+        raise UnknownChain("no sender key in group %s opens the message (its sender's distribution has not "
+                           "arrived)" % group)
 
     # --- the spool: delivered (and acknowledged) but not yet handled envelopes ---
 
