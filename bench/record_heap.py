@@ -51,41 +51,6 @@ def _largest_free():
     return lo
 
 
-# Fills the free heap with one-block tuples, then frees all but those whose block address is a
-# multiple of the run length: every free run is then shorter than `hole_bytes` bytes.
-def _fragment(hole_bytes):
-    gc.collect()
-    block = 32 if sys.maxsize > 2 ** 32 else 16  # MICROPY_BYTES_PER_GC_BLOCK: 4 words
-    run = max(2, hole_bytes // block - 4)  # slack: a freed temporary may sit where a tuple would
-    # Slot lists of 2 * run tuples: small, so that no large block is needed while the heap fills
-    # up, and each one followed by more than `run` tuples, so that they do not cut the runs.
-    per = 2 * run
-    chunks = [None] * (gc.mem_free() // block // per + 1)
-    try:
-        for c in range(len(chunks)):
-            chunk = chunks[c] = [None] * per
-            for i in range(per):
-                chunk[i] = (c, i)
-    except MemoryError:
-        pass
-    for chunk in chunks:
-        for i in range(per if chunk else 0):
-            if chunk[i] is not None and (id(chunk[i]) // block) % run:
-                chunk[i] = None
-    gc.collect()
-    # A garbage object that a stale pointer kept alive while the heap filled up leaves a larger
-    # hole when it goes: plug those, so that no free run of `hole_bytes` bytes is left.
-    plugs = []
-    while True:
-        try:
-            probe = bytearray(hole_bytes)
-        except MemoryError:
-            break
-        probe = None  # noqa: F841
-        plugs.append(bytearray(hole_bytes - 4 * block))
-    return chunks, plugs
-
-
 def _mem_alloc():
     return gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
 
@@ -113,7 +78,10 @@ def device_main(root, mode, arg=0):
     gc.collect()
     print("import", _mem_alloc() - base)
     profile = mode == "profile"
-    keep = _fragment(int(arg)) if mode == "holes" else None
+    keep = None
+    if mode == "holes":
+        from heapcut import fragment  # tests/device/heapcut.py
+        keep = fragment(int(arg))
     if keep is not None:
         print("largest_free", _largest_free())
     bob = [SessionManager.open(root + "/bob", KEY)]
@@ -197,7 +165,7 @@ def host_main():
             shutil.copytree(fixtures[n], trial)
             proc = subprocess.run([binary, "-X", "heapsize=" + heap, str(ROOT / "bench/record_heap.py"), trial]
                                   + list(mode), capture_output=True, text=True, cwd=ROOT,
-                                  env=e2ee_micropython.device_env(sdk), timeout=600)
+                                  env=e2ee_micropython.device_env(sdk, ROOT / "tests" / "device"), timeout=600)
             return proc.returncode == 0 and proc.stdout.rstrip().endswith("ok"), proc.stdout + proc.stderr
 
         def bisect(lo, hi, works, step):
