@@ -32,6 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from e2ee.transport import topics
+from e2ee_host.transport import MAX_RECONNECT_DELAY, paho_client
 
 __all__ = ["BrokerError", "DynSec", "MosquittoProcess", "dev_tls", "device_role", "init_dynamic_security",
            "service_role"]
@@ -44,12 +45,6 @@ SERVICE_ROLE = "e2ee-service"
 # max_inflight_messages (20) unacknowledged ones, so this only fills with redeliveries; beyond it a
 # message stays unacknowledged at the broker, which sends it again on the next connection.
 MAX_INBOX_BACKLOG = 1000
-# QoS 1 messages (commands, relayed envelopes, revocation lists) paho may hold while waiting for
-# PUBACKs or a connection; beyond it publishing fails at once instead of growing memory.
-MAX_OUTGOING = 1000
-# paho's reconnect backoff doubles from 1 s up to this many seconds (its own default is 120 s:
-# after a long broker outage the admin would stay away up to two minutes after the broker is back)
-MAX_RECONNECT_DELAY = 30
 
 log = logging.getLogger(__name__)
 
@@ -265,18 +260,8 @@ class DynSec:
         self._on_inbox = on_inbox
         self._inbox: queue.Queue[Any] = queue.Queue(MAX_INBOX_BACKLOG)
         self._worker: threading.Thread | None = None
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or "e2ee-admin-" + uuid.uuid4().hex[:8],
-                                   clean_session=client_id is None, manual_ack=True)
-        self._client.username_pw_set(user, password)
-        if tls_ca is not None:
-            self._client.tls_set(ca_certs=tls_ca)
-        self._client.reconnect_delay_set(1, MAX_RECONNECT_DELAY)
-        self._client.max_queued_messages_set(MAX_OUTGOING)
-        self._client.on_message = self._on_message
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
+        self._client = paho_client(self, client_id or "e2ee-admin-" + uuid.uuid4().hex[:8], user, password,
+                                   clean_session=client_id is None, tls_ca=tls_ca, manual_ack=True)
         if on_inbox is not None:
             self._client.message_callback_add(topics.PREFIX + "+/d/+/inbox", self._on_inbox_message)
             self._worker = threading.Thread(target=self._inbox_worker, args=(on_inbox,), name="e2ee-relay-inbox",

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from e2ee.protocol.envelope import MAX_ENVELOPE
 from e2ee.transport import topics
 
-__all__ = ["HostLink", "MAX_QUEUED", "TransportError"]
+__all__ = ["HostLink", "MAX_QUEUED", "TransportError", "paho_client"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,25 @@ MAX_QUEUED = 10_000
 MAX_OUTGOING = 1000
 # paho's reconnect backoff doubles from 1 s up to this (its default, 120 s, is far too long)
 MAX_RECONNECT_DELAY = 30
+
+
+def paho_client(owner: Any, client_id: str, user: str, password: str, *, clean_session: bool,
+                tls_ca: str | None, manual_ack: bool = False) -> mqtt.Client:
+    """A paho 2 client with the project's settings (TLS trusting `tls_ca` when given, reconnect
+    backoff capped at MAX_RECONNECT_DELAY, at most MAX_OUTGOING queued QoS 1 messages) calling
+    `owner`'s _on_message, _on_connect, _on_subscribe and _on_disconnect."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
+                         manual_ack=manual_ack)
+    client.username_pw_set(user, password)
+    if tls_ca is not None:
+        client.tls_set(ca_certs=tls_ca)
+    client.reconnect_delay_set(1, MAX_RECONNECT_DELAY)
+    client.max_queued_messages_set(MAX_OUTGOING)
+    client.on_message = owner._on_message
+    client.on_connect = owner._on_connect
+    client.on_subscribe = owner._on_subscribe
+    client.on_disconnect = owner._on_disconnect
+    return client
 
 
 class TransportError(RuntimeError):
@@ -60,16 +79,7 @@ class HostLink:
         self._refused: str | None = None
         self._closing = False
         self._host, self._port = host, port
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False)
-        self._client.username_pw_set(device_id, password)
-        if tls_ca is not None:
-            self._client.tls_set(ca_certs=tls_ca)
-        self._client.reconnect_delay_set(1, MAX_RECONNECT_DELAY)
-        self._client.max_queued_messages_set(MAX_OUTGOING)
-        self._client.on_message = self._on_message
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
+        self._client = paho_client(self, device_id, device_id, password, clean_session=False, tls_ca=tls_ca)
 
     def __repr__(self) -> str:
         return "<HostLink %s>" % self.device_id
