@@ -1,6 +1,7 @@
 """Test support shared by every test module: paths and the MicroPython runner."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -58,3 +59,18 @@ def regenerate_protobuf(proto: Path, out_dir: Path) -> Path:
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     return out_dir / "e2ee" / "v1"
+
+
+def run_demo(module: str, tmp_path: Path) -> tuple[str, list[str]]:
+    """Runs a demo module (`python -m module`) with its temporary directory in tmp_path; asserts
+    it exited cleanly, printed "demo finished" last and removed what it made. Returns (output,
+    lines)."""
+    proc = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, TMPDIR=str(tmp_path)))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    lines = out.splitlines()
+    assert lines[-1] == "demo finished", out
+    assert list(tmp_path.iterdir()) == [], "the demo left its temporary directory behind"
+    return out, lines

@@ -2,12 +2,9 @@
 CPython host, and what it prints is what happened on each side and on the wire."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
-from support import ROOT
+from support import run_demo
 
 DEVICE_SENT = ["hello host, sensor-1 here", "temperature 21.5 C", "temperature 21.7 C",
                "yes: rebooted, session restored from flash"]
@@ -19,15 +16,7 @@ def received(lines: list[str], prefix: str) -> list[str]:
 
 
 def test_demo_runs_the_protocol_end_to_end(tmp_path):
-    # TMPDIR: the demo's temporary directory (SDK .mpy, device flash, host disk) lands here.
-    proc = subprocess.run([sys.executable, "-m", "e2ee_host.demo"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, env=dict(os.environ, TMPDIR=str(tmp_path)))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    assert "Traceback" not in out, out
-    lines = out.splitlines()
-    assert lines[-1] == "demo finished", out
-    assert list(tmp_path.iterdir()) == [], "the demo left its temporary directory behind"
+    out, lines = run_demo("e2ee_host.demo", tmp_path)  # its temporary directory lands in tmp_path
     assert "device: MicroPython unix port, heap 256K" in out and "~113 KB" in out
     assert lines.count("device: crypto backend viper") == 2  # first boot and reboot
     assert "host:   CPython, crypto backend host" in lines

@@ -2,23 +2,13 @@
 virtual boards and a host client; what it prints is what each side saw, and it cleans up."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
-from support import ROOT
+from support import run_demo
 
 
 def test_system_demo(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc = subprocess.run([sys.executable, "-m", "e2ee_host.system_demo"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, env=dict(os.environ, TMPDIR=str(tmp_path)))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    assert "Traceback" not in out, out
-    lines = out.splitlines()
-    assert lines[-1] == "demo finished", out
-    assert list(tmp_path.iterdir()) == [], "the demo left its temporary directory behind"
+    out, lines = run_demo("e2ee_host.system_demo", tmp_path)  # its temporary directory lands in tmp_path
     for board in ("valve-1", "valve-2"):
         assert re.search(r"^board %s: virtual ESP32 on /dev/pts/\d+, flashed \d+ files" % board, out, re.M)
         assert "board %s: generating identity keys on the board (they never leave it)" % board in lines
