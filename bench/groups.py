@@ -49,7 +49,9 @@ def main() -> int:
         t = time.perf_counter()
         own = bytes.fromhex(dev.ask("create %s" % GROUP).split()[1])
         create_ms = (time.perf_counter() - t) * 1000
+        assert dev.ask("members %s %s" % (GROUP, ",".join(h.self_id for h in hosts))) == "ok"
         for h in hosts:
+            h.set_members(GROUP, ["board-0"] + [o.self_id for o in hosts])
             h.add_member(GROUP, "board-0", own)
             assert dev.ask("add %s %s %s" % (GROUP, h.self_id, h.create(GROUP).hex())) == "ok"
         held = int(dev.ask("mem").split()[1])

@@ -26,7 +26,7 @@
     e2ee client renew --dir D --claim TOKEN                             new certificate and MQTT credentials
     e2ee client send --dir D PEER TEXT|-                                encrypt, publish (docs/host-client.md)
     e2ee client send --dir D --owner O TEXT|-                           to every device of the owner, pairwise
-    e2ee client group-join --dir D GROUP                                group messages wait at the broker
+    e2ee client group-join --dir D GROUP [--members A,B,...]            group messages wait at the broker
     e2ee client group-send --dir D GROUP TEXT|- [--members A,B,...]     one Sender Key message to the group
     e2ee client receive --dir D [--timeout S] [--count N]               decrypt, print "sender: text" lines
 
@@ -579,6 +579,10 @@ def _client_group_join(args: argparse.Namespace) -> Any:
     from e2ee_host.install import HostInstall
     inst = HostInstall.open(args.dir)
     inst.broker_address(args.broker)
+    members = _members(args)
+    if members is not None:  # whose sender keys this install accepts (docs/groups.md, "Membership")
+        inst.set_group_members(args.group, members)
+        inst.save()
     link = _connect(inst, args, args.timeout)
     try:
         _join(inst, link, args.group)
@@ -969,6 +973,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
     c = cs.add_parser("group-join", help="subscribe this install to a group's topic (messages wait while offline)")
     c.add_argument("group")
+    c.add_argument("--members", action="append",
+                   help="the other members' device ids, comma-separated (remembered): only their sender keys "
+                        "are accepted")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
     c.set_defaults(board=_client_group_join)
     c = cs.add_parser("group-send", help="publish one Sender Key message to a group")

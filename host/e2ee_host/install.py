@@ -326,6 +326,7 @@ class HostInstall:
         left = set(state["members"]) - set(others)
         for member in left:
             self.groups.remove_member(group, member)
+        self.groups.set_members(group, others)  # only they may hand this install a sender key
         state["senders"] = [s for s in state["senders"] if s not in left]
         try:
             self.groups.distribution(group)
@@ -352,7 +353,8 @@ class HostInstall:
     def accept_distribution(self, sender: str, plaintext: bytes) -> str | None:
         """When the decrypted pairwise `plaintext` from `sender` is a sender key distribution,
         installs it as `sender`'s chain and returns its group (None for any other message).
-        Raises sender_key.Malformed when it is damaged or names another group."""
+        Raises sender_key.Malformed when it is damaged or names another group, group.NotMember
+        when `sender` is not a current member of that group (set_group_members; nothing stored)."""
         if not plaintext.startswith(DISTRIBUTION_PREFIX):
             return None
         from e2ee.protocol.sender_key import Malformed

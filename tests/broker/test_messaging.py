@@ -335,6 +335,7 @@ def test_group_over_the_broker(system, tmp_path) -> None:  # type: ignore[no-unt
     def distribute(group_members: list) -> None:  # type: ignore[type-arg]
         """Each member's new sender key goes to every other member inside their pairwise session."""
         for client, sessions, link, groups in group_members:
+            groups.set_members("line-3", [m[0].device_id for m in group_members])  # whose keys it accepts
             dist = groups.create("line-3")
             for other, _, _, _ in group_members:
                 if other is client:

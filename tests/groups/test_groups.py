@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from support import DEVICE_TESTS, ROOT
 
+from e2ee.protocol import group as group_module
 from e2ee.protocol import sender_key
-from e2ee.protocol.group import GroupSessions
+from e2ee.protocol.group import GroupSessions, NotMember
 
 GROUP = "line-3"
 
@@ -41,11 +42,18 @@ class DeviceMember:
         self.proc.stdin.flush()  # type: ignore[union-attr]
         return self._line()
 
+    def set_members(self, group: str, members: list[str]) -> None:
+        assert self.ask("members", group, ",".join(members)) == "ok"
+
     def create(self, group: str) -> bytes:
         return bytes.fromhex(self.ask("create", group).split()[1])
 
     def add_member(self, group: str, member: str, dist: bytes) -> None:
-        assert self.ask("add", group, member, dist.hex()) == "ok"
+        answer = self.ask("add", group, member, dist.hex())
+        if answer.startswith("refused "):
+            name = answer.split()[1]
+            raise getattr(group_module, name, getattr(sender_key, name, sender_key.SenderKeyError))(name)
+        assert answer == "ok"
 
     def remove_member(self, group: str, member: str) -> None:
         assert self.ask("remove", group, member) == "ok"
@@ -70,6 +78,9 @@ class HostMember:
         self.name = name
         self.groups = GroupSessions(str(root / name), os.urandom(32), name)
 
+    def set_members(self, group: str, members: list[str]) -> None:
+        self.groups.set_members(group, members)
+
     def create(self, group: str) -> bytes:
         return self.groups.create(group)
 
@@ -91,7 +102,10 @@ class HostMember:
 
 def _distribute(members: list, group: str) -> None:  # type: ignore[type-arg]
     """Every member makes its chain and hands it to every other member (in the application the
-    distribution travels inside their pairwise Double Ratchet session)."""
+    distribution travels inside their pairwise Double Ratchet session). Each first learns who
+    the members are: only their distributions are accepted."""
+    for m in members:
+        m.set_members(group, [o.name for o in members])
     for m in members:
         dist = m.create(group)
         for other in members:
@@ -185,3 +199,58 @@ def test_wire_matches_the_schema(tmp_path) -> None:  # type: ignore[no-untyped-d
     fresh = regenerate_protobuf(ROOT / "proto" / "e2ee" / "v1" / "group.proto", tmp_path / "gen")
     for name in ("group_pb2.py", "group_pb2.pyi"):
         assert (ROOT / "host/e2ee_host/proto/e2ee/v1" / name).read_bytes() == (fresh / name).read_bytes()
+
+
+# --- Finding 10: a sender key is accepted only from a current member of that group ------------
+
+def test_finding10_sender_keys_only_from_current_members(micropython, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    device = DeviceMember(micropython, tmp_path / "dev", "board-0")
+    host = HostMember(tmp_path, "host-0")
+    outsider = HostMember(tmp_path, "outsider")  # a pairwise peer of both, not in the group
+    try:
+        _distribute([device, host], GROUP)
+        other_group = outsider.create("line-4")
+        for m in (device, host):
+            # a distribution from a non-member, and a member's own name for another group: refused
+            with pytest.raises(NotMember):
+                m.add_member(GROUP, "outsider", outsider.create(GROUP))
+            with pytest.raises(NotMember):
+                m.add_member("line-4", "outsider", other_group)
+            with pytest.raises(NotMember):  # nobody installs a chain under the member's own name
+                m.add_member(GROUP, m.name, outsider.create(GROUP))
+        wire = outsider.encrypt(GROUP, b"forged order")
+        for m in (device, host):  # nothing was stored: the outsider's messages open nowhere
+            with pytest.raises(sender_key.UnknownChain):
+                m.decrypt(GROUP, "outsider", wire)
+        # the members still talk
+        assert host.decrypt(GROUP, "board-0", device.encrypt(GROUP, b"still here")) == b"still here"
+        assert device.decrypt(GROUP, "host-0", host.encrypt(GROUP, b"and here")) == b"and here"
+    finally:
+        device.close()
+
+
+def test_finding10_removed_member_cannot_reinstall_its_sender_key(micropython, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    device = DeviceMember(micropython, tmp_path / "dev", "board-0")
+    host, leaver = HostMember(tmp_path, "host-0"), HostMember(tmp_path, "leaver")
+    try:
+        _distribute([device, host, leaver], GROUP)
+        old_dist = leaver.groups.distribution(GROUP)
+        for m in (device, host):
+            m.remove_member(GROUP, "leaver")
+        assert host.groups.members(GROUP) == ["board-0"]
+        _distribute([device, host], GROUP)  # set_members without the leaver, and new chains
+        for m in (device, host):  # neither its old chain nor a new one comes back
+            with pytest.raises(NotMember):
+                m.add_member(GROUP, "leaver", old_dist)
+            with pytest.raises(NotMember):
+                m.add_member(GROUP, "leaver", leaver.create(GROUP))
+        wire = leaver.encrypt(GROUP, b"open the valve")
+        for m in (device, host):
+            with pytest.raises(sender_key.UnknownChain):
+                m.decrypt(GROUP, "leaver", wire)
+        # set_members alone also drops a chain: a member left out loses it at once
+        host.set_members(GROUP, [])
+        with pytest.raises(sender_key.UnknownChain):
+            host.decrypt(GROUP, "board-0", device.encrypt(GROUP, b"after"))
+    finally:
+        device.close()

@@ -93,8 +93,9 @@ def test_group_messages_between_three_installs(system, tmp_path) -> None:  # typ
     r = system.e2ee("group-send", "--dir", str(a), GROUP, "too early", "--members", "g-bob,g-cy")
     assert r.returncode == 3 and "refused the topic of group line-3" in r.stderr, r.stderr
     _operator(system, "groups", "add", "--fleet", FLEET, "--group", GROUP, "g-ann", "g-bob", "g-cy")
-    for member in (b, c):  # their persistent sessions take the topic: messages wait while they are offline
-        r = system.e2ee("group-join", "--dir", str(member), GROUP)
+    for member, others in ((b, "g-ann,g-cy"), (c, "g-ann,g-bob")):  # their persistent sessions take the topic:
+        # messages wait while they are offline; --members: only their sender keys are accepted
+        r = system.e2ee("group-join", "--dir", str(member), GROUP, "--members", others)
         assert r.returncode == 0 and "joined group line-3" in r.stdout, r.stderr
 
     # ann's first message: her new sender key goes to bob and cy pairwise, then one group publish
