@@ -166,7 +166,10 @@ def uploaded(last_opk):
 
 # --- host-assisted backup (docs/backup.md): the provisioning host seals the board's records ---
 
-_STORES = ((KEYS_DIR, "keys"), (CONFIG_DIR, "config"), (board.DATA_DIR + "/sessions", "sessions"))
+# Identity, settings and trust only: never session (ratchet) state, which a restored board would
+# send with again, reusing message keys and nonces (docs/backup.md, "Never restored"). put_record
+# refuses any other store, so an old archive's session records never reach a board.
+_STORES = ((KEYS_DIR, "keys"), (CONFIG_DIR, "config"))
 
 
 # [[kind, name], ...] of every record on the board.

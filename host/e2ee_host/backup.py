@@ -30,8 +30,9 @@ from e2ee import crypto
 from e2ee.crypto.errors import InvalidTag
 from e2ee.protocol.store import RecordStore
 
-__all__ = ["HOST_PARAMS", "BackupError", "KdfParams", "WrongPassphrase", "archive_of", "auth_hash", "auth_token",
-           "export_state", "import_state", "open_blob", "read_params", "records_of", "seal"]
+__all__ = ["HOST_PARAMS", "BackupError", "KdfParams", "WeakKdfParams", "WrongPassphrase", "archive_of", "auth_hash",
+           "auth_token", "export_state", "import_state", "is_chain_state", "open_blob", "read_params", "records_of",
+           "restorable", "seal"]
 
 MAGIC = b"E2EEBK"
 VERSION = 1
@@ -47,6 +48,13 @@ _AUTH_INFO = b"e2ee-iot backup auth v1"
 # kept a trust store; HostInstall.open() rebuilds it then. Boards' archives have no "trust" either.
 # "groups" (own and members' sender keys, docs/groups.md) is there once the install used a group.
 STORES = ("keys", "sessions", "config", "trust", "groups")
+# What a backup never carries and a restore never writes (docs/backup.md, "Never restored"): ratchet
+# and sender chain state. A restored install that sent with a chain state it had already used would
+# reuse message keys and nonces (the broker would see p1 XOR p2); it starts new sessions instead.
+# Pairwise sessions are the whole "sessions" store; in "groups" the own ("o...") and members'
+# ("m...") sender chains (e2ee.protocol.group), while the membership lists ("g...") are restored.
+_CHAIN_STORES = ("sessions",)
+_CHAIN_GROUP_RECORDS = ("o", "m")
 
 
 class BackupError(ValueError):
@@ -55,6 +63,11 @@ class BackupError(ValueError):
 
 class WrongPassphrase(BackupError):
     """The passphrase does not open this backup (or the blob was altered)."""
+
+
+class WeakKdfParams(BackupError):
+    """Argon2id parameters (from the service or a blob's header) below this client's floor: a
+    malicious service would get a cheap offline verifier of the passphrase. Nothing is derived."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,15 @@ class KdfParams:
         if not (8 * self.lanes <= self.memory_kib <= 4 * 1024 * 1024 and 1 <= self.iterations <= 64
                 and 1 <= self.lanes <= 16):
             raise BackupError("Argon2id parameters out of range: %r" % (self,))
+
+    def check_floor(self, floor: KdfParams) -> None:
+        """WeakKdfParams unless memory and passes are at least the floor's (lanes only split the
+        work: any count in range is accepted)."""
+        self.check()
+        if self.memory_kib < floor.memory_kib or self.iterations < floor.iterations:
+            raise WeakKdfParams("Argon2id parameters %d KiB / %d passes are below this client's %d KiB / %d passes: "
+                                "refused (a backup this client made never has them)" % (
+                                    self.memory_kib, self.iterations, floor.memory_kib, floor.iterations))
 
 
 # RFC 9106 §4, second recommended option (64 MiB, 3 passes, 4 lanes): about 0.2 s on this host.
@@ -97,8 +119,9 @@ def seal(archive: bytes, passphrase: str, params: KdfParams = HOST_PARAMS) -> tu
     return blob, auth
 
 
-def read_params(blob: bytes) -> tuple[bytes, KdfParams]:
-    """(salt, params) from a blob's header; BackupError when it is not a version 1 backup."""
+def read_params(blob: bytes, floor: KdfParams | None = None) -> tuple[bytes, KdfParams]:
+    """(salt, params) from a blob's header; BackupError when it is not a version 1 backup,
+    WeakKdfParams when `floor` is given and the header's parameters are below it."""
     if len(blob) < _HEADER.size + _NONCE + 16 or len(blob) > MAX_BLOB:
         raise BackupError("not an e2ee-iot backup (size %d)" % len(blob))
     magic, version, kdf, memory, iterations, lanes, salt = _HEADER.unpack_from(blob)
@@ -106,16 +129,23 @@ def read_params(blob: bytes) -> tuple[bytes, KdfParams]:
         raise BackupError("not an e2ee-iot backup of version %d with Argon2id" % VERSION)
     params = KdfParams(memory, iterations, lanes)
     params.check()
+    if floor is not None:
+        params.check_floor(floor)
     return salt, params
 
 
-def auth_token(salt: bytes, params: KdfParams, passphrase: str) -> bytes:
-    """The fetch token for a backup with this salt and parameters (restore on a new install)."""
+def auth_token(salt: bytes, params: KdfParams, passphrase: str, floor: KdfParams = HOST_PARAMS) -> bytes:
+    """The fetch token for a backup with this salt and parameters (restore on a new install).
+    `params` come from the service (GET /backups/{id}/params), which must not choose them:
+    WeakKdfParams when they are below `floor` (this client's own creation parameters)."""
+    params.check_floor(floor)
     return _keys(passphrase, salt, params)[1]
 
 
-def open_blob(blob: bytes, passphrase: str) -> bytes:
-    salt, params = read_params(blob)
+def open_blob(blob: bytes, passphrase: str, floor: KdfParams = HOST_PARAMS) -> bytes:
+    """The archive in `blob`, with the Argon2id parameters of the blob's own header (which the
+    AEAD authenticates), never weaker than `floor`: WeakKdfParams, WrongPassphrase, BackupError."""
+    salt, params = read_params(blob, floor)
     key, _ = _keys(passphrase, salt, params)
     header, nonce, sealed = blob[:_HEADER.size], blob[_HEADER.size:_HEADER.size + _NONCE], blob[_HEADER.size + _NONCE:]
     try:
@@ -138,15 +168,27 @@ def archive_of(records: list[tuple[str, str, bytes]]) -> bytes:
     return b"".join(out)
 
 
+def is_chain_state(kind: str, name: str) -> bool:
+    """True for a record of ratchet or sender chain state, which is never backed up nor restored."""
+    return kind in _CHAIN_STORES or (kind == "groups" and name[:1] in _CHAIN_GROUP_RECORDS)
+
+
+def restorable(records: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
+    """The records a restore writes: identities, settings and trust, never chain state (archives
+    made before this rule carry sessions and sender chains: they are left out)."""
+    return [r for r in records if not is_chain_state(r[0], r[1])]
+
+
 def export_state(directory: str | os.PathLike[str], storage_key: bytes) -> bytes:
-    """The archive of every record under `directory` (stores keys/, sessions/, config/, trust/, groups/)."""
+    """The archive of the records under `directory` (stores keys/, config/, trust/, groups/
+    membership) without chain state (is_chain_state)."""
     records = []
     for kind in STORES:
         path = Path(directory) / kind
         if not path.is_dir():
             continue
         store = RecordStore(str(path), kind, storage_key)
-        records += [(kind, name, bytes(store.get(name))) for name in store.names()]
+        records += [(kind, name, bytes(store.get(name))) for name in store.names() if not is_chain_state(kind, name)]
     return archive_of(records)
 
 
@@ -176,9 +218,10 @@ def records_of(archive: bytes) -> list[tuple[str, str, bytes]]:
 
 
 def import_state(archive: bytes, directory: str | os.PathLike[str], storage_key: bytes) -> int:
-    """Writes the archive's records into `directory`, encrypted with this install's storage key;
-    returns how many. Refuses a directory that already holds records."""
-    records = records_of(archive)
+    """Writes the archive's restorable records into `directory`, encrypted with this install's
+    storage key; returns how many. Never chain state (restorable()). Refuses a directory that
+    already holds records."""
+    records = restorable(records_of(archive))
     for kind in STORES:
         if (Path(directory) / kind).is_dir() and RecordStore(str(Path(directory) / kind), kind, storage_key).names():
             raise BackupError("%s already holds %s records: restore into a new install" % (directory, kind))

@@ -261,9 +261,13 @@ def backup_board(port: str, url: str, passphrase: str, *, params: Any = None,
         service.close()
 
 
-def restore_board(port: str, url: str, device_id: str, passphrase: str, *, progress: Progress = _quiet) -> dict[str, Any]:
+def restore_board(port: str, url: str, device_id: str, passphrase: str, *, floor: Any = None,
+                  progress: Progress = _quiet) -> dict[str, Any]:
     """Fetches and opens the device's backup here, then writes its records onto a replacement
-    board that has no identity yet, under that board's own storage key."""
+    board that has no identity yet, under that board's own storage key: identity, settings and
+    trust, never session state (docs/backup.md, "Never restored"). The Argon2id parameters are
+    never below `floor` (default: the host parameters board backups are sealed with), whatever
+    the service says (backup.WeakKdfParams)."""
     import base64 as b64
 
     from e2ee_host import backup
@@ -272,10 +276,11 @@ def restore_board(port: str, url: str, device_id: str, passphrase: str, *, progr
     try:
         p = service.backup_params(device_id)
         kdf = backup.KdfParams(p["memory_kib"], p["iterations"], p["lanes"])
-        blob = service.fetch_backup(device_id, backup.auth_token(b64.b64decode(p["salt"]), kdf, passphrase))
+        floor = floor or backup.HOST_PARAMS
+        blob = service.fetch_backup(device_id, backup.auth_token(b64.b64decode(p["salt"]), kdf, passphrase, floor))
     finally:
         service.close()
-    records = backup.records_of(backup.open_blob(blob, passphrase))
+    records = backup.restorable(backup.records_of(backup.open_blob(blob, passphrase, floor)))
     with BoardLink(port, timeout=15) as board:
         if board.call(_agent("status()"))["identity"]:
             raise AlreadyEnrolled("the board already has an identity: restore onto a fresh board")

@@ -340,8 +340,10 @@ def _client_restore(args: argparse.Namespace) -> Any:
     passphrase = _passphrase(args)
     blob = service.fetch_backup(args.device_id, backup.auth_token(b64.b64decode(params["salt"]), kdf, passphrase))
     inst = HostInstall.restore(args.dir, backup.open_blob(blob, passphrase))
+    # docs/backup.md, "Never restored": identity, settings and trust only; sessions start anew
     return {"device_id": inst.device_id, "peers": inst.sessions.peers()} if args.json else \
-        "restored %s with %d sessions into %s" % (inst.device_id, len(inst.sessions.peers()), args.dir)
+        "restored %s into %s (identity and trust; sessions and group sender keys start anew)" % (
+            inst.device_id, args.dir)
 
 
 # --- messaging (docs/host-client.md) ---

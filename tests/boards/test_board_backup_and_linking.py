@@ -79,3 +79,48 @@ def test_a_board_as_the_owners_primary(tmp_path) -> None:  # type: ignore[no-unt
         assert link.hello["primary"] == "acme-hub"
         devices = {d["device_id"]: d["primary"] for d in tablet.signed("GET", "/owners/acme/devices")}
         assert devices == {"acme-hub": None, "acme-tablet": "acme-hub"}
+
+
+_SESSION_NAMES = ("from e2ee import board\nfrom e2ee.protocol.store import RecordStore\n"
+                  "print(RecordStore(board.DATA_DIR + '/sessions', 'sessions', board.storage_key()).names())")
+
+
+def test_finding3_board_restore_never_reuses_message_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A board's backup carries its identity and settings, never its sessions (ratchet state a
+    restored board would send with again: the same message keys and nonces); the replacement
+    board refuses session records, so an old archive's sessions never reach it."""
+    import pytest
+
+    from e2ee_host import backup
+    from e2ee_host.board_link import BoardFailed, backup_board, restore_board
+    fast = backup.KdfParams(8 * 1024, 1, 1)  # tests only: boards' backups are sealed with backup.HOST_PARAMS
+    passphrase = "the valve's long backup passphrase"
+    with ServiceProcess(tmp_path / "service.log", data_dir=tmp_path / "svc", operator_api_key=OPERATOR_KEY) as service:
+        with VirtualBoard(tmp_path / "old", "esp32") as old:
+            flash(old.port)
+            token = OperatorClient(service.url, OPERATOR_KEY).create_claims("plant-north").tokens[0]
+            done = provision(old.port, service.url, token, "valve-3", "plant-north", one_time=3)
+            with BoardLink(old.port) as link:  # a real session on the board, which has sent a message
+                link.exec("from e2ee import board\nfrom e2ee.protocol.keys import KeyStore\n"
+                          "from e2ee.protocol.session import SessionManager\n"
+                          "m = SessionManager.open(board.DATA_DIR, board.storage_key())\n"
+                          "m.start('gw-1', KeyStore.generate(1).bundle())\nm.encrypt('gw-1', b'open')\n", timeout=120)
+                assert link.exec(_SESSION_NAMES).strip() != "[]"
+            backup_board(old.port, service.url, passphrase, params=fast)
+        blob = next((tmp_path / "svc" / "backups").glob("*.bin")).read_bytes()
+        records = backup.records_of(backup.open_blob(blob, passphrase, fast))
+        assert {kind for kind, _, _ in records} == {"keys", "config"}  # no session state in the backup
+        with VirtualBoard(tmp_path / "new", "esp32") as new:
+            flash(new.port)
+            status = restore_board(new.port, service.url, "valve-3", passphrase, floor=fast)
+            assert status["fingerprint"] == done["fingerprint"] and status["enrolled"]
+            with BoardLink(new.port) as link:
+                assert link.exec(_SESSION_NAMES).strip() == "[]"
+                # an old archive's session record is refused on the board itself
+                link.put(records[0][2], "e2ee_data/transfer.bin")
+                with pytest.raises(BoardFailed, match="ProvisionError"):
+                    link.call("__import__('e2ee.provision').provision.put_record('sessions', 'gw-1', "
+                              "'e2ee_data/transfer.bin')")
+            # the weak parameters of this test's backup are refused with the host's floor (finding 8)
+            with pytest.raises(backup.WeakKdfParams):
+                restore_board(new.port, service.url, "valve-3", passphrase)

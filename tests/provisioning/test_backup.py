@@ -16,8 +16,10 @@ import httpx
 import pytest
 from service_support import OPERATOR_KEY
 
+from e2ee.protocol.group import GroupSessions, NotMember
 from e2ee.protocol.keys import KeyStore
-from e2ee.protocol.session import SessionManager
+from e2ee.protocol.session import NoSession, SessionManager
+from e2ee.protocol.store import RecordStore
 from e2ee_host import backup
 from e2ee_host.client import ApiError, DeviceClient, OperatorClient
 
@@ -82,15 +84,17 @@ def test_backup_restore_on_a_new_install_continues_conversations(live_server, tm
     params = service.backup_params("alice-1")
     salt = base64.b64decode(params["salt"])
     kdf = backup.KdfParams(params["memory_kib"], params["iterations"], params["lanes"])
-    fetched = service.fetch_backup("alice-1", backup.auth_token(salt, kdf, PASSPHRASE))
+    fetched = service.fetch_backup("alice-1", backup.auth_token(salt, kdf, PASSPHRASE, FAST))
     new_root, new_key = tmp_path / "alice-1-new", os.urandom(32)
-    count = backup.import_state(backup.open_blob(fetched, PASSPHRASE), new_root, new_key)
-    assert count >= 2
+    count = backup.import_state(backup.open_blob(fetched, PASSPHRASE, FAST), new_root, new_key)
+    assert count >= 1
     restored = SessionManager.open(str(new_root), new_key)
-    assert restored.keystore.ik_pub == a.client.keystore.ik_pub and restored.peers() == ["bob-1"]
+    # the same identity, but no session state (docs/backup.md, "Never restored"): a new session
+    assert restored.keystore.ik_pub == a.client.keystore.ik_pub and restored.peers() == []
     a2 = Install(new_root, live_server.url, "alice-1", restored.keystore)
     a2.storage_key, a2.sessions = new_key, restored
-    _converse(a2, b, 3)  # the conversation goes on, both ways
+    restored.start("bob-1", a2.client.bundle("bob-1"))
+    _converse(a2, b, 3)  # the conversation goes on, both ways, in the new session
     with pytest.raises(backup.BackupError):  # never restore over an install that has records
         backup.import_state(archive, new_root, new_key)
 
@@ -100,14 +104,14 @@ def test_wrong_passphrase_is_clear_and_attempts_are_limited(live_server, tmp_pat
     blob, auth = backup.seal(backup.export_state(a.root, a.storage_key), PASSPHRASE, FAST)
     a.client.put_backup(blob, auth)
     with pytest.raises(backup.WrongPassphrase, match="wrong passphrase"):
-        backup.open_blob(blob, PASSPHRASE + "x")
+        backup.open_blob(blob, PASSPHRASE + "x", FAST)
     tampered = bytearray(blob)
     tampered[20] ^= 1  # a header byte (Argon2id parameters): authenticated as associated data
     with pytest.raises(backup.BackupError):
-        backup.open_blob(bytes(tampered), PASSPHRASE)
+        backup.open_blob(bytes(tampered), PASSPHRASE, FAST)
     settings = live_server.app.state.settings
     salt, kdf = backup.read_params(blob)
-    wrong = backup.auth_token(salt, kdf, "not the passphrase")
+    wrong = backup.auth_token(salt, kdf, "not the passphrase", FAST)
     for left in range(settings.backup_fetch_attempts - 1, -1, -1):
         with pytest.raises(ApiError) as e:
             a.client.fetch_backup("alice-2", wrong)
@@ -153,6 +157,114 @@ def test_registration_lock_guards_the_backed_up_identity(live_server, tmp_path) 
     # the owner's restored install re-enrolls with its own keys (a renewal) and with new keys + PIN
     assert a.client.enroll(token).cert.device_id == "alice-4"
     assert thief.enroll(token, registration_lock_pin="2468-1357").cert.device_id == "alice-4"
+
+
+# --- Finding 3: restoring never reuses message keys or nonces ---------------------------------
+
+class _Local:
+    """An install without the service: sessions, groups, and the stores export_state reads."""
+
+    def __init__(self, root: Path, name: str, keystore: KeyStore | None = None, storage_key: bytes | None = None) -> None:
+        self.root, self.name = root, name
+        self.storage_key = storage_key or os.urandom(32)
+        if keystore is None:
+            self.sessions = SessionManager.create(str(root), self.storage_key, 3)
+        else:
+            self.sessions = SessionManager(str(root), self.storage_key, keystore)
+        self.groups = GroupSessions(str(root), self.storage_key, name)
+
+
+def _ciphertexts(wire: bytes) -> bytes:
+    return bytes(wire[-40:])  # the last body bytes and the tag: equal only for one key, nonce and plaintext
+
+
+def test_finding3_restore_never_reuses_message_keys_or_nonces(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    a, b = _Local(tmp_path / "a", "alice"), _Local(tmp_path / "b", "bob")
+    a.sessions.start("bob", b.sessions.bundle())
+    assert b.sessions.decrypt("alice", a.sessions.encrypt("bob", b"hello")) == b"hello"
+    b.groups.set_members("line-3", ["alice", "bob"])
+    b.groups.add_member("line-3", "alice", a.groups.create("line-3"))
+    archive = backup.export_state(a.root, a.storage_key)  # the backup, taken here
+    # after the backup the old install sends with the chains it has (the broker saw these)
+    seen = [a.sessions.encrypt("bob", MARKER), a.groups.encrypt("line-3", MARKER)]
+    assert all(kind != "sessions" for kind, _, _ in backup.records_of(archive))  # nor in the blob
+    restored_root, key = tmp_path / "a-restored", os.urandom(32)
+    backup.import_state(backup.open_blob(backup.seal(archive, PASSPHRASE, FAST)[0], PASSPHRASE, FAST),
+                        restored_root, key)
+    a2 = _Local(restored_root, "alice", SessionManager.open(str(restored_root), key).keystore, key)
+    assert a2.sessions.keystore.ik_pub == a.sessions.keystore.ik_pub  # the same identity
+    # no chain state came back: nothing to send with until new chains exist
+    assert a2.sessions.peers() == [] and not a2.groups.has_member("line-3", "bob")
+    with pytest.raises(NoSession):
+        a2.sessions.encrypt("bob", MARKER)
+    with pytest.raises(NotMember):
+        a2.groups.encrypt("line-3", MARKER)
+    # new chains: a new X3DH session and a new own sender key; nothing sent repeats a key or nonce
+    a2.sessions.start("bob", b.sessions.bundle())
+    sent = [a2.sessions.encrypt("bob", MARKER)]
+    assert b.sessions.decrypt("alice", sent[0]) == MARKER
+    b.groups.add_member("line-3", "alice", a2.groups.create("line-3"))
+    sent.append(a2.groups.encrypt("line-3", MARKER))
+    assert b.groups.decrypt("line-3", "alice", sent[1]) == MARKER
+    assert {_ciphertexts(w) for w in sent}.isdisjoint({_ciphertexts(w) for w in seen})
+
+
+def test_finding3_old_archives_with_sessions_restore_without_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    a, b = _Local(tmp_path / "a", "alice"), _Local(tmp_path / "b", "bob")
+    a.sessions.start("bob", b.sessions.bundle())
+    a.groups.set_members("line-3", ["bob"])
+    a.groups.add_member("line-3", "bob", b.groups.create("line-3"))
+    a.groups.create("line-3")
+    # an archive as export_state made it before: every record of every store, sessions included
+    old = []
+    for kind in backup.STORES:
+        if (a.root / kind).is_dir():
+            store = RecordStore(str(a.root / kind), kind, a.storage_key)
+            old += [(kind, name, bytes(store.get(name))) for name in store.names()]
+    assert any(kind == "sessions" for kind, _, _ in old) and sum(kind == "groups" for kind, _, _ in old) == 3
+    key = os.urandom(32)
+    count = backup.import_state(backup.archive_of(old), tmp_path / "new", key)
+    assert count == len(old) - sum(k == "sessions" or (k == "groups" and n[0] in "om") for k, n, _ in old)
+    assert not (tmp_path / "new" / "sessions").exists()
+    restored = SessionManager.open(str(tmp_path / "new"), key)
+    groups = GroupSessions(str(tmp_path / "new"), key, "alice")
+    assert restored.peers() == [] and restored.keystore.ik_pub == a.sessions.keystore.ik_pub
+    assert groups.members("line-3") == ["bob"] and not groups.has_member("line-3", "bob")
+    with pytest.raises(NotMember):
+        groups.distribution("line-3")
+
+
+# --- Finding 8: the Argon2id parameters are never chosen by the service ------------------------
+
+def test_finding8_weak_kdf_parameters_from_the_service_or_a_header_are_refused(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    a = _enrolled(tmp_path, live_server.url, "alice-8")
+    blob, auth = backup.seal(backup.export_state(a.root, a.storage_key), PASSPHRASE, FAST)
+    a.client.put_backup(blob, auth)
+    params = a.client.backup_params("alice-8")  # what a malicious service could also serve
+    salt, kdf = base64.b64decode(params["salt"]), backup.KdfParams(params["memory_kib"], params["iterations"],
+                                                                    params["lanes"])
+    # the floor is this client's own creation parameters (HOST_PARAMS unless told otherwise)
+    with pytest.raises(backup.WeakKdfParams, match="below this client"):
+        backup.auth_token(salt, kdf, PASSPHRASE)
+    with pytest.raises(backup.WeakKdfParams):
+        backup.open_blob(blob, PASSPHRASE)
+    strong = backup.KdfParams(16 * 1024, 2, 1)
+    for weaker in (backup.KdfParams(8 * 1024, 2, 1), backup.KdfParams(16 * 1024, 1, 1)):
+        with pytest.raises(backup.WeakKdfParams):
+            backup.auth_token(salt, weaker, PASSPHRASE, strong)
+    # the blob's own header gives the parameters, not the service: a weak header is refused too
+    sealed, _ = backup.seal(b"E2EEAR1", PASSPHRASE, strong)
+    assert backup.open_blob(sealed, PASSPHRASE, strong) == b"E2EEAR1"
+    with pytest.raises(backup.WeakKdfParams):
+        backup.read_params(backup.seal(b"E2EEAR1", PASSPHRASE, FAST)[0], strong)
+    # the command line restores with the host's floor: the weak service parameters stop it
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(PASSPHRASE + "\n")
+    r = subprocess.run([str(Path(sys.executable).parent / "e2ee"), "--url", live_server.url, "client", "restore",
+                        "--dir", str(tmp_path / "new"), "--device-id", "alice-8", "--passphrase-file", str(passphrase)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "below this client" in r.stderr, r.stderr
+    assert PASSPHRASE not in r.stderr + r.stdout and not (tmp_path / "new").exists()
 
 
 # --- the S3 blob store against a real S3-compatible server ----------------------------------
