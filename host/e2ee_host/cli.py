@@ -639,11 +639,27 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else ascii(text)
 
 
+def _message_errors() -> tuple[type[Exception], ...]:
+    """The typed errors of a message this install cannot decrypt (audit finding 6): it is
+    acknowledged and dropped, counted, and logged by its error type, never retried. The
+    protocol's own list (session.MESSAGE_ERRORS) where it has one, else its typed bases. A
+    sender name no record can have (store.BadName: empty, or not a name) is the message's fault
+    too; every other StoreError and OSError is the install's, and stops the receiver."""
+    from e2ee.crypto.errors import InvalidTag
+    from e2ee.protocol import certificate, envelope, keys, ratchet, sender_key, session, store
+    listed = getattr(session, "MESSAGE_ERRORS", ())
+    return tuple(listed) + (session.SessionError, ratchet.RatchetError, ratchet.StateDecodeError,
+                            envelope.EnvelopeError, keys.KeyFormatError, keys.KeyAgreementError,
+                            certificate.CertificateError, sender_key.SenderKeyError, InvalidTag, store.BadName,
+                            UnicodeDecodeError)
+
+
 class _Receiver:
     """Decrypts and prints what arrives: `sender: text` (pairwise) and `group/sender: text` (group)
     on stdout (or JSON lines with --json), duplicates and undecryptable messages as one line each
     on stderr. Sender key distributions are installed, not printed; `joined(group)` is called for
-    the group of each one."""
+    the group of each one. A message that cannot be decrypted is dropped (counted in `failed`):
+    one poison message never blocks the ones after it, in this run or the next."""
 
     def __init__(self, inst: Any, args: argparse.Namespace, joined: Any = None) -> None:
         self.inst, self.json, self.joined = inst, args.json, joined
@@ -669,12 +685,13 @@ class _Receiver:
             print("e2ee: duplicate message from %s skipped (DuplicateMessage: received before)" % who,
                   file=sys.stderr, flush=True)
             return
+        except _message_errors() as e:  # typed: the message's fault; its text names ids, never keys
+            self.dropped(who, e, str(e))
+            return
         except (StoreError, OSError):
             raise  # the install itself failed: stop (the message goes back to the spool)
-        except Exception as e:  # every protocol error is typed; none stops the messages after it
-            self.failed += 1
-            print("e2ee: undecryptable message from %s: %s: %s" % (who, type(e).__name__, e), file=sys.stderr,
-                  flush=True)
+        except Exception as e:  # an untyped error still drops the message; its text is not shown
+            self.dropped(who, e, "untyped error")
             return
         if group is not None:
             inst.save()
@@ -696,15 +713,21 @@ class _Receiver:
             print("e2ee: duplicate group message in %s skipped (Duplicate: %s)" % (where, e), file=sys.stderr,
                   flush=True)
             return
+        except _message_errors() as e:
+            self.dropped(where, e, str(e), "undecryptable group message in")
+            return
         except (StoreError, OSError):
             raise
         except Exception as e:
-            self.failed += 1
-            print("e2ee: undecryptable group message in %s: %s: %s" % (where, type(e).__name__, e),
-                  file=sys.stderr, flush=True)
+            self.dropped(where, e, "untyped error", "undecryptable group message in")
             return
         if opened is not None:  # None: this install's own message, back from the broker
             self.show(group, *opened)
+
+    def dropped(self, who: str, error: Exception, detail: str, what: str = "undecryptable message from") -> None:
+        """One message dropped: counted, and one line with the error's type on stderr."""
+        self.failed += 1
+        print("e2ee: %s %s: %s: %s" % (what, who, type(error).__name__, detail), file=sys.stderr, flush=True)
 
     def show(self, group: str | None, sender: str, plaintext: bytes) -> None:
         self.printed += 1
@@ -825,6 +848,8 @@ def _client_receive(args: argparse.Namespace) -> Any:
     if receiver.failed:
         summary += ", %d undecryptable" % receiver.failed
     print("e2ee: " + summary, file=sys.stderr)
+    if receiver.failed:  # acknowledged and dropped: they do not come back, so say it in the status
+        raise _Failed(4, "%d message(s) could not be decrypted and were dropped" % receiver.failed)
     return None
 
 

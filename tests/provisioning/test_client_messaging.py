@@ -124,7 +124,7 @@ def test_offline_delivery_answers_duplicates_backup_and_revocation(system, tmp_p
         admin.inject(topics.frame("alice", b"\x00not an envelope"))
         assert system.e2ee("send", "--dir", str(alice), "bob", "after").returncode == 0
         r = system.e2ee("receive", "--dir", str(bob), "--count", "1", "--timeout", "60")
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 4, r.stderr  # the garbage was dropped: status 4 says so
         assert r.stdout.splitlines() == ["alice: after"]  # the copy is not shown again
         assert r.stderr.count("duplicate message from alice skipped") == 1
         assert re.search(r"^e2ee: undecryptable message from alice: \w+: ", r.stderr, re.M), r.stderr
@@ -200,3 +200,45 @@ def test_install_without_broker_credentials_says_what_to_do(system, tmp_path) ->
     assert system.e2ee("send", "--dir", str(erin), "dave", "hi dave").returncode == 0
     r = system.e2ee("receive", "--dir", str(dave), "--count", "1", "--timeout", "60")
     assert (r.returncode, r.stdout) == (0, "erin: hi dave\n"), r.stderr
+
+
+def test_finding6_poison_message_is_dropped_and_does_not_block_the_inbox(system, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two poison messages of the audit (finding 6): a RatchetMessage whose dh is the peer's
+    signed prekey while this side, the initiator, has no receiving chain yet, and a valid
+    RatchetMessage in a frame with an empty sender name. Each is acknowledged, counted and
+    dropped (exit status 4, one line with its error type); the messages after it are handled,
+    in this run and the next, and the session it was aimed at is unchanged."""
+    from e2ee.protocol import envelope
+    ann = system.init(tmp_path / "p-ann", "p-ann")
+    bob = system.init(tmp_path / "p-bob", "p-bob")
+    admin = Admin(system.broker, topics.inbox(FLEET, "p-ann"))
+    try:
+        assert system.e2ee("send", "--dir", str(ann), "p-bob", "hello").returncode == 0  # ann: initiator
+        # ann has no receiving chain yet: a RatchetMessage "from bob" on bob's signed prekey
+        spk = HostInstall.open(bob).client.keystore.bundle().spk_pub
+        poison = topics.frame("p-bob", envelope.encode(envelope.RatchetMessage(spk, 0, 0, b"\x00" * 32)))
+        admin.inject(poison)
+        r = system.e2ee("receive", "--dir", str(bob), "--count", "1", "--timeout", "60")
+        assert (r.returncode, r.stdout) == (0, "p-ann: hello\n"), r.stderr
+        assert system.e2ee("send", "--dir", str(bob), "p-ann", "reply").returncode == 0
+        r = system.e2ee("receive", "--dir", str(ann), "--count", "1", "--timeout", "60")
+        assert (r.returncode, r.stdout) == (4, "p-bob: reply\n"), r.stderr  # the session is intact
+        assert re.search(r"^e2ee: undecryptable message from p-bob: \w+: ", r.stderr, re.M), r.stderr
+        assert "Traceback" not in r.stderr and "1 message(s) could not be decrypted and were dropped" in r.stderr
+
+        # bob's reply (a valid RatchetMessage) again, in a frame with an empty sender name
+        assert admin.wait_for(2)
+        [reply] = [p for p in admin.seen if p != poison]
+        admin.inject(topics.frame("", bytes(topics.unframe(reply)[1])))
+        assert system.e2ee("send", "--dir", str(bob), "p-ann", "second").returncode == 0
+        r = system.e2ee("receive", "--dir", str(ann), "--count", "1", "--timeout", "60")
+        assert (r.returncode, r.stdout) == (4, "p-bob: second\n"), r.stderr
+        assert re.search(r"^e2ee: undecryptable message from : \w+: ", r.stderr, re.M), r.stderr
+        assert "Traceback" not in r.stderr and "1 message(s) could not be decrypted" in r.stderr
+        # the next run does not meet it again (it was dropped, not spooled)
+        assert system.e2ee("send", "--dir", str(bob), "p-ann", "third").returncode == 0
+        r = system.e2ee("receive", "--dir", str(ann), "--count", "1", "--timeout", "60")
+        assert (r.returncode, r.stdout) == (0, "p-bob: third\n"), r.stderr
+        assert "undecryptable" not in r.stderr
+    finally:
+        admin.close()
