@@ -1,6 +1,7 @@
-"""Encrypted backup of a client's state (docs/backup.md): identity, sessions, settings and trust sealed on
-the client under a key from the user's passphrase (Argon2id, RFC 9106) with ChaCha20-Poly1305
-(RFC 8439), so the service that stores the blob cannot read it.
+"""Encrypted backup of a client's state (docs/backup.md): identity, settings and trust (never session
+or sender chain state: "Never restored") sealed on the client under a key from the user's
+passphrase (Argon2id, RFC 9106) with ChaCha20-Poly1305 (RFC 8439), so the service that stores the
+blob cannot read it.
 
     archive = export_state(install_dir, storage_key)               # the records, in clear, in RAM
     blob, auth = seal(archive, passphrase)                          # what the service stores

@@ -953,7 +953,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--flash", required=True, help="the board's flash directory")
     v.add_argument("--profile", default="esp32", choices=["esp32", "rp2040", "unix"])
     v.set_defaults(board=_board_virtual)
-    for name, run, help_text in (("backup", _board_backup, "back up a board's identity and sessions"),
+    for name, run, help_text in (("backup", _board_backup, "back up a board's identity and settings"),
                                  ("restore", _board_restore, "restore a backup onto a fresh board")):
         v = b.add_parser(name, help=help_text)
         v.add_argument("--port", required=True)
