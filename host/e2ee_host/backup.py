@@ -31,9 +31,9 @@ from e2ee import crypto
 from e2ee.crypto.errors import InvalidTag
 from e2ee.protocol.store import RecordStore
 
-__all__ = ["HOST_PARAMS", "BackupError", "KdfParams", "WeakKdfParams", "WrongPassphrase", "archive_of", "auth_hash",
-           "auth_token", "export_state", "import_state", "is_chain_state", "open_blob", "read_params", "records_of",
-           "restorable", "seal"]
+__all__ = ["HOST_PARAMS", "BackupError", "KdfParams", "WeakKdfParams", "WrongPassphrase", "archive_of",
+           "auth_hash", "auth_token", "export_state", "import_state", "is_chain_state", "open_blob", "read_params",
+           "records_of", "restorable", "seal"]
 
 MAGIC = b"E2EEBK"
 VERSION = 1
@@ -87,8 +87,8 @@ class KdfParams:
         work: any count in range is accepted)."""
         self.check()
         if self.memory_kib < floor.memory_kib or self.iterations < floor.iterations:
-            raise WeakKdfParams("Argon2id parameters %d KiB / %d passes are below this client's %d KiB / %d passes: "
-                                "refused (a backup this client made never has them)" % (
+            raise WeakKdfParams("Argon2id parameters %d KiB / %d passes are below this client's %d KiB / %d "
+                                "passes: refused (a backup this client made never has them)" % (
                                     self.memory_kib, self.iterations, floor.memory_kib, floor.iterations))
 
 
@@ -189,7 +189,8 @@ def export_state(directory: str | os.PathLike[str], storage_key: bytes) -> bytes
         if not path.is_dir():
             continue
         store = RecordStore(str(path), kind, storage_key)
-        records += [(kind, name, bytes(store.get(name))) for name in store.names() if not is_chain_state(kind, name)]
+        records += [(kind, name, bytes(store.get(name))) for name in store.names()
+                    if not is_chain_state(kind, name)]
     return archive_of(records)
 
 

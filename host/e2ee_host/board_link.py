@@ -277,7 +277,8 @@ def restore_board(port: str, url: str, device_id: str, passphrase: str, *, floor
         p = service.backup_params(device_id)
         kdf = backup.KdfParams(p["memory_kib"], p["iterations"], p["lanes"])
         floor = floor or backup.HOST_PARAMS
-        blob = service.fetch_backup(device_id, backup.auth_token(b64.b64decode(p["salt"]), kdf, passphrase, floor))
+        token = backup.auth_token(b64.b64decode(p["salt"]), kdf, passphrase, floor)
+        blob = service.fetch_backup(device_id, token)
     finally:
         service.close()
     records = backup.restorable(backup.records_of(backup.open_blob(blob, passphrase, floor)))

@@ -650,8 +650,8 @@ def _message_errors() -> tuple[type[Exception], ...]:
     listed = getattr(session, "MESSAGE_ERRORS", ())
     return tuple(listed) + (session.SessionError, ratchet.RatchetError, ratchet.StateDecodeError,
                             envelope.EnvelopeError, keys.KeyFormatError, keys.KeyAgreementError,
-                            certificate.CertificateError, sender_key.SenderKeyError, InvalidTag, store.BadName,
-                            UnicodeDecodeError)
+                            certificate.CertificateError, sender_key.SenderKeyError, InvalidTag,
+                            store.BadName, UnicodeDecodeError)
 
 
 class _Receiver:
@@ -724,7 +724,8 @@ class _Receiver:
         if opened is not None:  # None: this install's own message, back from the broker
             self.show(group, *opened)
 
-    def dropped(self, who: str, error: Exception, detail: str, what: str = "undecryptable message from") -> None:
+    def dropped(self, who: str, error: Exception, detail: str,
+                what: str = "undecryptable message from") -> None:
         """One message dropped: counted, and one line with the error's type on stderr."""
         self.failed += 1
         print("e2ee: %s %s: %s: %s" % (what, who, type(error).__name__, detail), file=sys.stderr, flush=True)
