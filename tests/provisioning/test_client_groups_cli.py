@@ -127,6 +127,8 @@ def test_group_messages_between_three_installs(system, tmp_path) -> None:  # typ
     assert "sender key sent to g-bob" in r.stdout
     assert _receive(system, b, 1) == ["line-3/g-ann: after cy left"]
     r = system.e2ee("receive", "--dir", str(c), "--timeout", "3")
-    assert r.returncode == 0, r.stderr
+    # what cy's persistent session still had queued opens with no chain it holds: dropped, status 4
+    undecryptable = "undecryptable group message in line-3: UnknownChain" in r.stderr
+    assert r.returncode == (4 if undecryptable else 0), r.stderr
     assert r.stdout == "" and "after cy left" not in r.stderr
     assert "refused the topic of group line-3 to g-cy" in r.stderr
