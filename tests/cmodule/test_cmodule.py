@@ -1,6 +1,6 @@
 """The firmware C module's core (firmware/cmodules/e2ee_crypto/) on the host, through the ctypes
 binding that mirrors the MicroPython one: the contract details the vector suites do not show
-(in-place AEAD, zeroed output on a failed open, argument checks, the 32-bit ChaCha20 counter),
+(in-place AEAD, output unchanged by a failed open, argument checks, the 32-bit ChaCha20 counter),
 Ed25519 cofactor cases decided the same way by every backend, and the build script's refusals.
 The RFC/Wycheproof/differential suites run backend "c" in tests/crypto/ (parameter
 ("cpython", "c")); test_sanitizers.py runs them again on the ASan/UBSan build."""
@@ -70,7 +70,26 @@ def test_failed_open_leaves_no_plaintext(binding):
     tag[3] ^= 1
     out = bytearray(b"\xaa" * (len(sealed) - 16))
     assert binding.aead_open_into(key, nonce, sealed[:-16], tag, b"", out) is False
-    assert out == bytes(len(out))
+    assert out == b"\xaa" * len(out)  # nothing written: no plaintext, no keystream
+
+
+def test_finding13_failed_in_place_open_leaves_the_ciphertext(c, binding):
+    """Issue 12, finding 13: a failed open zeroed `out`, so an in-place decrypt (out = the
+    ciphertext's own buffer) wiped the caller's ciphertext; the interface promises `out`
+    unchanged on InvalidTag (e2ee.crypto.Suite.aead_decrypt_into). Binding and interface, with
+    a bad tag and a bad AD, for empty, one-block and multi-block messages."""
+    key, nonce = bytes(range(32)), bytes(range(12))
+    for n in (0, 1, 64, 200):
+        sealed = ChaCha20Poly1305(key).encrypt(nonce, bytes(range(n % 256)) * (n // 256) + bytes(range(n % 256)), b"ad")
+        bad = bytearray(sealed)
+        bad[-1] ^= 0x40
+        view = memoryview(bad)
+        assert binding.aead_open_into(key, nonce, view[:n], view[n:], b"ad", view[:n]) is False
+        assert bytes(bad[:-16]) == sealed[:-16]
+        wrong_ad = bytearray(sealed)
+        with pytest.raises(errors.InvalidTag):
+            c.aead_decrypt_into(key, nonce, wrong_ad, b"ax", memoryview(wrong_ad)[:n])
+        assert bytes(wrong_ad) == sealed
 
 
 def test_binding_checks_lengths(binding):

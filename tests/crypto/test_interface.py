@@ -75,3 +75,19 @@ def test_unknown_or_unavailable_backend():
         crypto.load("viper")  # no viper emitter on CPython
     with pytest.raises(crypto.BackendUnavailable):
         crypto.load("rot13")
+
+
+def test_finding13_contract_failed_open_leaves_out_unchanged_micropython(micropython):
+    """Issue 12, finding 13: every backend on a board (the C module `_e2ee_crypto` when the binary
+    has it, viper, pure) leaves `out` unchanged when an open fails, in place too. The PyPI binary
+    has no C module: there the C core is checked by
+    tests/cmodule/test_cmodule.py::test_finding13_failed_in_place_open_leaves_the_ciphertext."""
+    out = micropython.run(DEVICE_TESTS / "check_aead_contract.py")
+    assert out.split()[:1] == ["ok"] and {"viper", "pure"} <= set(out.split()[1:]), out
+
+
+def test_finding13_contract_failed_open_leaves_out_unchanged_cpython():
+    proc = subprocess.run([sys.executable, str(DEVICE_TESTS / "check_aead_contract.py")], capture_output=True,
+                          text=True, env={"PYTHONPATH": "%s:%s" % (ROOT / "firmware", DEVICE_TESTS)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["ok", "host", "pure"]

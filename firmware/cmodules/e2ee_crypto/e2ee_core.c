@@ -84,10 +84,11 @@ int e2ee_aead_open(uint8_t *out, const uint8_t key[32], const uint8_t nonce[12],
         crypto_wipe(otk, sizeof(otk));
         crypto_wipe(expected, sizeof(expected));
     }
+    // Decrypts only after the tag verified; on failure out is left as it was, so an in-place
+    // open keeps the caller's ciphertext (the interface promises out unchanged on InvalidTag)
+    // and no unauthenticated plaintext is ever written.
     if (status == 0) {
         crypto_chacha20_ietf(out, ciphertext, len, key, nonce, 1);
-    } else {
-        crypto_wipe(out, len); // no unauthenticated plaintext is ever written
     }
     return status;
 }

@@ -32,7 +32,7 @@ void e2ee_x25519_base(uint8_t public_key[32], const uint8_t private_key[32]);
 int e2ee_aead_seal(uint8_t *out, const uint8_t key[32], const uint8_t nonce[12],
     const uint8_t *plaintext, size_t len, const uint8_t *ad, size_t ad_len);
 // Checks the tag before decrypting anything: returns 0 with the plaintext in out, or -1 with
-// out zeroed (len bytes). out may be the ciphertext buffer itself.
+// out unchanged (nothing written). out may be the ciphertext buffer itself.
 int e2ee_aead_open(uint8_t *out, const uint8_t key[32], const uint8_t nonce[12],
     const uint8_t *ciphertext, size_t len, const uint8_t tag[16], const uint8_t *ad, size_t ad_len);
 

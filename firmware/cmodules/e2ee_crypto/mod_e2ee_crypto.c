@@ -136,7 +136,7 @@ static mp_obj_t mod_aead_seal_into(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mod_aead_seal_into_obj, 5, 5, mod_aead_seal_into);
 
-// aead_open_into(key, nonce, ciphertext, tag, ad, out) -> bool; on False out is zeroed.
+// aead_open_into(key, nonce, ciphertext, tag, ad, out) -> bool; on False out is unchanged.
 static mp_obj_t mod_aead_open_into(size_t n_args, const mp_obj_t *args) {
     size_t len, ad_len;
     const uint8_t *key = input(args[0], E2EE_KEY_SIZE, NULL);
