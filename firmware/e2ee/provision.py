@@ -7,7 +7,7 @@
 #                             the POST /enroll fields over the service's challenge
 #   install(path)             stores the enrollment result (a JSON file the host wrote, deleted
 #                             here) after checking it: a certificate for these keys and this
-#                             device id, signed by the CA keys it carries
+#                             device id, signed by the CA keys it carries; fills the TrustStore
 #   prekeys(path, ts, spk, new)
 #                             a signed key-directory upload of up to 8 one-time prekeys not
 #                             published yet (call again until it carries none); uploaded(id)
@@ -120,9 +120,31 @@ def install(path):
     doc = None
     config.put(_DEVICE, json.dumps(keep).encode())
     config.put(_DEVICE_ID, cert.device_id.encode())
+    keep = None
+    from e2ee.protocol.trust import TrustStore
+    install_trust(TrustStore(board.DATA_DIR, board.storage_key()), config)
     return json.dumps({"device_id": cert.device_id, "fleet": cert.fleet,
                        "serial": binascii.hexlify(cert.serial).decode(), "not_after": cert.not_after,
                        "crl_version": crl.version})
+
+
+# Fills the device's TrustStore (e2ee.protocol.trust, what e2ee.device.Device.open certifies its
+# sessions with) from the enrollment record in `config`: the CA keys, the revocation list unless
+# the stored one is newer (rollback protection), the device's certificate for its own keys.
+def install_trust(trust, config):
+    device = json.loads(config.get(_DEVICE))
+    trust.set_ca_keys([_unb64(k) for k in device["ca_keys"]])
+    crl = _unb64(device["revocation_list"])
+    cert = _unb64(device["certificate"])
+    device = None
+    from e2ee.protocol.certificate import RolledBack
+    try:
+        trust.update_revocation_list(crl)
+    except RolledBack:
+        pass
+    crl = None
+    public = config.get(_PUBLIC)
+    trust.set_certificate(cert, None, (public[:32], public[32:64]))
 
 
 def prekeys(path, ts, spk=True, new=0):

@@ -184,7 +184,8 @@ def run(tmp: Path) -> None:
                 sender, envelope = link.receive()
                 print("host:   decrypted from %s: %s" % (sender, sessions.decrypt(sender, envelope).decode()))
             a, b = apps
-            a.ask("start %s %s" % (b.name, host.bundle(b.name).to_bytes().hex()), "ok")
+            b_cert = base64.b64decode(host.signed("GET", "/identities/%s" % b.name)["certificate"])
+            a.ask("start %s %s %s" % (b.name, host.bundle(b.name).to_bytes().hex(), b_cert.hex()), "ok")
             a.ask("send %s pressure low, open your bypass" % b.name, "sent")
             b.ask("poll 1500", "polled")
 

@@ -7,6 +7,13 @@
 # with the connection): the Double Ratchet refuses the second copy (DuplicateMessage), so each
 # message is decrypted once.
 #
+# Poison messages (issue 12, finding 6): a message on_message (or on_crl) cannot use, whatever
+# it raises (a frame that is not one, a refused or undecryptable envelope, a forged list), is
+# acknowledged all the same and dropped: counted in `dropped`, its error type kept in
+# `drop_error` and logged, never its content. Left unacknowledged, the broker would hand it over
+# again after every reconnect and the inbox behind it would never move. Only the board's own
+# trouble (OSError: network or flash; MemoryError) leaves it unacknowledged, to come again.
+#
 # An application either calls step() from its main loop (never sleeps; reconnects by itself) or
 # connect_with_backoff() once and poll() in its loop, calling connect_with_backoff() again when
 # poll() raises.
@@ -32,6 +39,9 @@ except ImportError:
 BACKOFF_FIRST_MS = const(500)
 BACKOFF_MAX_MS = const(30000)
 _POLL_MAX = const(16)  # packets handled per poll(): a burst does not starve the main loop
+# What a handler may raise without its message being acknowledged: the board's own trouble,
+# which a reconnect or a reboot may cure (a message's own fault would come back every time).
+_RETRY = (OSError, MemoryError)
 
 # Milliseconds of a monotonic clock (module globals: a test may put a logical clock here).
 if hasattr(time, "ticks_ms"):
@@ -53,8 +63,9 @@ class Link:
     # on_message(sender, envelope) for inbox messages; on_crl(data) for the revocation list.
     # rng(n) -> n random bytes for the backoff jitter (default os.urandom). timeout: seconds a
     # socket operation may block (connect, the waits for CONNACK, SUBACK, PUBACK), None: forever.
+    # log(text): where dropped messages are reported (default print).
     def __init__(self, client_class, server, port, fleet, device_id, password, on_message, on_crl=None,
-                 keepalive=60, rng=None, timeout=30):
+                 keepalive=60, rng=None, timeout=30, log=None):
         self.fleet = fleet
         self.device_id = device_id
         self.keepalive = keepalive
@@ -68,6 +79,9 @@ class Link:
         self.client = None
         self.connects = 0
         self.delivered = 0
+        self.dropped = 0  # messages acknowledged and dropped: unusable (see above)
+        self.drop_error = None  # the error type name of the last one
+        self._log = log or print
         self.pings = 0
         self.error = None  # what last broke or refused the connection (step())
         self._delay = BACKOFF_FIRST_MS
@@ -84,15 +98,21 @@ class Link:
         self.delivered += 1
         if isinstance(topic, str):
             topic = topic.encode()
-        if topic == self._crl_topic:
-            if self._on_crl:
-                self._on_crl(payload)
-            return
+        sender = None
         try:
-            sender, envelope = topics.unframe(payload)
-        except ValueError:
-            return  # not ours: dropped (the broker's ACL lets only fleet members write here)
-        self._on_message(sender, envelope)
+            if topic == self._crl_topic:
+                if self._on_crl:
+                    self._on_crl(payload)
+                return
+            sender, envelope = topics.unframe(payload)  # ValueError: not a frame
+            self._on_message(sender, envelope)
+        except _RETRY:
+            raise  # not acknowledged: it comes again
+        except Exception as e:  # the message's fault: acknowledged (on return) and dropped
+            self.dropped += 1
+            self.drop_error = type(e).__name__
+            self._log("e2ee: dropped a message from %s: %s" % (  # repr: a sender name is wire data
+                "the crl topic" if topic == self._crl_topic else repr(sender), self.drop_error))
 
     # Connects once: a new client (the old one's socket closed), CONNACK, both subscriptions.
     # Raises OSError or the client's exception (a refused CONNACK, a refused subscription); the
@@ -148,8 +168,8 @@ class Link:
 
     # One turn of an application's main loop; never sleeps. Down: connects once the backoff wait
     # is over (the attempt blocks up to `timeout`). Up: poll(). Whatever breaks or refuses the
-    # connection (kept in `error`; an exception from on_message too: the message was not
-    # acknowledged and comes again) drops it and schedules the next attempt. True while up.
+    # connection (kept in `error`; an OSError or MemoryError from on_message too: the message was
+    # not acknowledged and comes again) drops it and schedules the next attempt. True while up.
     def step(self):
         try:
             if self.client is None:
