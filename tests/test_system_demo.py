@@ -12,7 +12,7 @@ def test_system_demo(tmp_path) -> None:  # type: ignore[no-untyped-def]
     for board in ("valve-1", "valve-2"):
         assert re.search(r"^board %s: virtual ESP32 on /dev/pts/\d+, flashed \d+ files" % board, out, re.M)
         assert "board %s: generating identity keys on the board (they never leave it)" % board in lines
-        assert "device: %s online (crypto viper), inbox e2ee/v1/plant-north/d/%s/inbox" % (board, board) in lines
+        assert "device: %s online (crypto viper, certified), inbox e2ee/v1/plant-north/d/%s/inbox" % (board, board) in lines
     # what each side decrypted, in order
     assert "device: valve-1 decrypted from gateway: open valve 1 at 07:00" in lines
     assert "device: valve-2 decrypted from gateway: close valve 2 at 07:05" in lines

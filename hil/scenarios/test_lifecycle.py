@@ -3,6 +3,7 @@ messages -> power cut in the middle of writing -> reboot -> continue -> revoke. 
 the one before it; after a failure the rest are skipped (the board is then in an unknown state)."""
 from __future__ import annotations
 
+import base64
 import random
 import time
 from binascii import hexlify, unhexlify
@@ -15,6 +16,7 @@ from hil.plugin import OPERATOR_KEY
 
 from e2ee.protocol.keys import KeyStore
 from e2ee.protocol.session import SessionManager
+from e2ee.protocol.trust import TrustStore
 from e2ee_host.board_link import BoardLink, flash, provision
 from e2ee_host.client import ApiError, DeviceClient, OperatorClient
 
@@ -72,13 +74,21 @@ def test_flash(rig) -> None:  # type: ignore[no-untyped-def]
 def test_enroll(rig, service, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
     with OperatorClient(service.url, OPERATOR_KEY) as op:
         claims = op.create_claims(FLEET, count=2).tokens
+        pinned = op.ca_keys()
     done = provision(rig.port, service.url, claims[0], DEVICE_ID, FLEET, one_time=10, force=True)
     STATE.serial = done["serial"]
     assert done["one_time_prekeys"] == 10
     host = DeviceClient(service.url, HOST_ID, FLEET, KeyStore.generate(5))
-    host.enroll(claims[1])
+    enrolled = host.enroll(claims[1], trusted_keys=pinned)
     STATE.host = host
-    STATE.host_sessions = SessionManager(str(tmp_path_factory.mktemp("host")), bytes(range(32)), host.keystore)
+    # certified, as the board is (issue 12, finding 1): the host's TrustStore holds the CA keys,
+    # its certificate and the list
+    directory = str(tmp_path_factory.mktemp("host"))
+    trust = TrustStore(directory, bytes(range(32)))
+    trust.set_ca_keys(pinned)
+    trust.update_revocation_list(enrolled.revocation_list)
+    trust.set_certificate(enrolled.certificate, int(time.time()), (host.keystore.ik_pub, host.keystore.is_pub))
+    STATE.host_sessions = SessionManager(directory, bytes(range(32)), host.keystore, trust=trust)
 
 
 def test_session_with_a_host_peer(rig) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +96,7 @@ def test_session_with_a_host_peer(rig) -> None:  # type: ignore[no-untyped-def]
     assert host is not None and sessions is not None
     bundle = host.bundle(DEVICE_ID)
     assert bundle.opk_id is not None
-    sessions.start(DEVICE_ID, bundle)
+    sessions.start(DEVICE_ID, bundle, base64.b64decode(host.signed("GET", "/identities/%s" % DEVICE_ID)["certificate"]))
     hello = sessions.encrypt(DEVICE_ID, b"hello board")
     assert board_receives(rig.port, [hello]) == ["hello board"]
     [answer] = board_sends(rig.port, ["hello host"])
