@@ -31,7 +31,8 @@ count = [0]
 
 def on_message(sender, data):
     count[0] += 1
-    print("device: %s decrypted from %s: %s" % (dev.device_id, sender, bytes(dev.decrypt(sender, data)).decode()))
+    text = bytes(dev.decrypt(sender, data)).decode()
+    print("device: %s decrypted from %s: %s" % (dev.device_id, sender, text))
 
 
 def on_crl(data):
@@ -47,9 +48,9 @@ def log(text):
 link = Link(MQTTClient, mqtt["host"], mqtt["port"], settings["fleet"], dev.device_id, mqtt["password"], on_message,
             on_crl, keepalive=30, log=log)
 link.connect_with_backoff()
-print("device: %s online (crypto %s, %s), inbox %s" % (dev.device_id, crypto.default.name,
-                                                      "certified" if dev.certified else "UNCERTIFIED",
-                                                      "e2ee/v1/%s/d/%s/inbox" % (settings["fleet"], dev.device_id)))
+print("device: %s online (crypto %s, %s), inbox e2ee/v1/%s/d/%s/inbox" % (
+    dev.device_id, crypto.default.name, "certified" if dev.certified else "UNCERTIFIED", settings["fleet"],
+    dev.device_id))
 print("ready")
 while True:
     line = sys.stdin.readline()

@@ -87,7 +87,8 @@ def test_enroll(rig, service, tmp_path_factory) -> None:  # type: ignore[no-unty
     trust = TrustStore(directory, bytes(range(32)))
     trust.set_ca_keys(pinned)
     trust.update_revocation_list(enrolled.revocation_list)
-    trust.set_certificate(enrolled.certificate, int(time.time()), (host.keystore.ik_pub, host.keystore.is_pub))
+    identity = (host.keystore.ik_pub, host.keystore.is_pub)
+    trust.set_certificate(enrolled.certificate, int(time.time()), identity)
     STATE.host_sessions = SessionManager(directory, bytes(range(32)), host.keystore, trust=trust)
 
 
@@ -96,7 +97,8 @@ def test_session_with_a_host_peer(rig) -> None:  # type: ignore[no-untyped-def]
     assert host is not None and sessions is not None
     bundle = host.bundle(DEVICE_ID)
     assert bundle.opk_id is not None
-    sessions.start(DEVICE_ID, bundle, base64.b64decode(host.signed("GET", "/identities/%s" % DEVICE_ID)["certificate"]))
+    certificate = base64.b64decode(host.signed("GET", "/identities/%s" % DEVICE_ID)["certificate"])
+    sessions.start(DEVICE_ID, bundle, certificate)
     hello = sessions.encrypt(DEVICE_ID, b"hello board")
     assert board_receives(rig.port, [hello]) == ["hello board"]
     [answer] = board_sends(rig.port, ["hello host"])

@@ -74,11 +74,19 @@ class Peer:
         self.trust = TrustStore(str(fleet.tmp / name), os.urandom(32))
         self.trust.set_ca_keys(fleet.ca.public_keys())
         self.trust.update_revocation_list(fleet.crl)
-        self.trust.set_certificate(self.certificate, int(time.time()), (self.keystore.ik_pub, self.keystore.is_pub))
+        identity = (self.keystore.ik_pub, self.keystore.is_pub)
+        self.trust.set_certificate(self.certificate, int(time.time()), identity)
         self.sessions = SessionManager(str(fleet.tmp / name), os.urandom(32), self.keystore, trust=self.trust)
         self.password = fleet.credentials(name)
-        self.link = HostLink(fleet.broker.host, fleet.broker.port, fleet.name, name, self.password).connect() \
-            if link else None
+        self._link = None
+        if link:
+            self._link = HostLink(fleet.broker.host, fleet.broker.port, fleet.name, name, self.password)
+            self._link.connect()
+
+    @property
+    def link(self) -> HostLink:
+        assert self._link is not None, "%s has no broker link of its own" % self.name
+        return self._link
 
     def forge(self, to: str, claimed_sender: str, wire: bytes) -> None:
         """Publishes a frame into `to`'s inbox under any sender name, with this member's own
@@ -96,13 +104,13 @@ class Peer:
         client.disconnect()
 
     def close(self) -> None:
-        if self.link is not None:
-            self.link.close()
+        if self._link is not None:
+            self._link.close()
 
 
 def _on_board(micropython, flash: Path, code: str) -> str:  # type: ignore[no-untyped-def]
-    proc = subprocess.run([micropython.binary, "-X", "heapsize=" + HEAP, "-c", code], capture_output=True, text=True,
-                          cwd=flash, env=micropython.env(), timeout=120)
+    proc = subprocess.run([micropython.binary, "-X", "heapsize=" + HEAP, "-c", code], capture_output=True,
+                          text=True, cwd=flash, env=micropython.env(), timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     return proc.stdout.strip().splitlines()[-1]
 
@@ -118,7 +126,8 @@ class Board:
         public = json.loads(_on_board(micropython, flash, "print(%sgenerate(2))" % agent))
         ik, is_ = base64.b64decode(public["ik_pub"]), base64.b64decode(public["is_pub"])
         self.certificate = fleet.certify(device_id, ik, is_)
-        doc = {"device_id": device_id, "fleet": fleet.name, "service": "http://127.0.0.1:9", "now": int(time.time()),
+        doc = {"device_id": device_id, "fleet": fleet.name, "service": "http://127.0.0.1:9",
+               "now": int(time.time()),
                "mqtt": {"host": fleet.broker.host, "port": fleet.broker.port,
                         "password": fleet.credentials(device_id)},
                "certificate": base64.b64encode(self.certificate).decode(),
@@ -133,8 +142,8 @@ class Board:
 
     def boot(self) -> None:
         self.proc = subprocess.Popen([self.micropython.binary, "-X", "heapsize=" + HEAP, str(APP)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=self.flash, env=self.micropython.env())
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, cwd=self.flash, env=self.micropython.env())
         self.lines: list[str] = []
         self.expect("ready")
 
