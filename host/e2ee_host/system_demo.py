@@ -37,6 +37,8 @@ from e2ee_host.virtual_board import VirtualBoard
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "firmware" / "examples" / "mqtt_device.py"
 FLEET = "plant-north"
+# A real random key: the demo service runs as production (the default, docs/decisions.md D19),
+# which refuses the development key.
 OPERATOR_KEY = "demo-operator-" + base64.b32encode(os.urandom(10)).decode().lower()
 BOARDS = ("valve-1", "valve-2")
 HOST = "gateway"

@@ -1,13 +1,34 @@
 """python -m e2ee_provisioning [--host H] [--port P] [--log-level L]: runs the service with
-uvicorn (settings from E2EE_PROV_* variables, core/config.py)."""
+uvicorn (settings from E2EE_PROV_* variables, core/config.py).
+
+Settings that do not validate (on defaults: production with the development operator key, D19)
+stop it before it listens: one line per problem on stderr, exit status 2. The lines name the
+setting and the rule, never the value, which may be a key."""
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import uvicorn
+from pydantic import ValidationError
 
+from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.main import create_app
+
+# Exit status for a configuration the service refuses (as argparse's for a bad command line).
+EXIT_BAD_SETTINGS = 2
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as e:
+        for error in e.errors(include_url=False, include_context=False, include_input=False):
+            where = ".".join(str(part) for part in error["loc"])
+            name = "E2EE_PROV_" + where.upper() if where else "settings"
+            print("e2ee_provisioning: refusing to start: %s: %s" % (name, error["msg"]), file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
 
 
 def main() -> None:
@@ -16,8 +37,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args()
+    settings = _settings()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ clients, and its size limits let the protocol's largest messages through and not
 from __future__ import annotations
 
 import getpass
+import secrets
 import socket
 import ssl
 import subprocess
@@ -176,6 +177,7 @@ def test_the_service_drives_the_production_broker_over_tls(production_broker: Br
     from e2ee_provisioning.main import create_app
     b = production_broker
     settings = Settings(_env_file=None, data_dir=tmp_path / "service",  # type: ignore[call-arg]
+                        operator_api_key=secrets.token_urlsafe(24),  # production: a real key (D19)
                         broker_admin_host="localhost", broker_admin_port=b.port, broker_admin_user="e2ee-admin",
                         broker_admin_password=b.admin_password, broker_admin_tls_ca=b.ca)
     app = create_app(settings)

@@ -1,7 +1,9 @@
 """Service settings (pydantic-settings), read from E2EE_PROV_* environment variables or a .env file.
 
-Outside development the service refuses to start with the default operator key, so a deployment
-cannot run with the key printed in this file.
+The environment is production unless E2EE_PROV_ENVIRONMENT says otherwise (docs/decisions.md D19),
+and outside development the service refuses to start with the default operator key, so a
+deployment cannot run with the key printed in this file. DatabaseSettings is the part the Alembic
+command needs: migrating a database takes no operator key.
 """
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_OPERATOR_KEY", "Settings", "hash_api_key"]
+__all__ = ["DEFAULT_OPERATOR_KEY", "DatabaseSettings", "Settings", "hash_api_key"]
 
-# The development operator key; refused when environment is not "development".
+# The development operator key; refused unless E2EE_PROV_ENVIRONMENT=development (an opt-in).
 DEFAULT_OPERATOR_KEY = "changethis"
 
 
@@ -24,15 +26,26 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class Settings(BaseSettings):
+class DatabaseSettings(BaseSettings):
+    """Where the database is: all that `alembic -c provisioning/alembic.ini upgrade head` reads."""
     model_config = SettingsConfigDict(env_prefix="E2EE_PROV_", env_file=".env", extra="ignore")
 
-    environment: Literal["development", "staging", "production"] = "development"
-    # Directory of the embedded SQLite database (and later the CA keystore).
+    # Directory of the embedded SQLite database (and of the CA keystore).
     data_dir: Path = Path("provisioning-data")
     # SQLAlchemy URL; empty means SQLite at data_dir/provisioning.db. Production:
     # postgresql+psycopg://user:password@host/dbname
     database_url: str = ""
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return "sqlite:///%s" % (self.data_dir / "provisioning.db")
+
+
+class Settings(DatabaseSettings):
+    # production unless a development service opts in (E2EE_PROV_ENVIRONMENT=development)
+    environment: Literal["development", "staging", "production"] = "production"
     # Operator API key in clear (hashed at load; never stored), and/or SHA-256 hex hashes of keys
     # (comma-separated), so the clear key need not sit in the service's environment at all.
     operator_api_key: SecretStr | None = SecretStr(DEFAULT_OPERATOR_KEY)
@@ -93,7 +106,8 @@ class Settings(BaseSettings):
         if self.environment != "development" and key == DEFAULT_OPERATOR_KEY:
             raise ValueError(
                 "E2EE_PROV_OPERATOR_API_KEY is the default development key; set a random key "
-                "(or E2EE_PROV_OPERATOR_API_KEY_HASHES) for %s" % self.environment)
+                "(or E2EE_PROV_OPERATOR_API_KEY_HASHES) for %s, or opt in to a development service "
+                "with E2EE_PROV_ENVIRONMENT=development" % self.environment)
         if not self.operator_key_hashes():
             raise ValueError("no operator API key configured")
         self.factory_key_list()
@@ -126,9 +140,3 @@ class Settings(BaseSettings):
     @property
     def ca_path(self) -> Path:
         return self.ca_keystore_path or self.data_dir / "fleet-ca.json"
-
-    @property
-    def sqlalchemy_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return "sqlite:///%s" % (self.data_dir / "provisioning.db")
