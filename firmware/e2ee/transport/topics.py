@@ -31,8 +31,19 @@ def frame(sender, envelope):
     return bytes((FRAME_VERSION, len(s))) + s + bytes(envelope)
 
 
+# Not an inbox frame: too short, another version, a sender length past the end, or a sender name
+# that is not UTF-8. A ValueError, as callers catch.
+class BadFrame(ValueError):
+    pass
+
+
+# (sender, envelope as a memoryview into payload); BadFrame when payload is not a frame.
 def unframe(payload):
     if len(payload) < 3 or payload[0] != FRAME_VERSION or 2 + payload[1] > len(payload):
-        raise ValueError("not an e2ee-iot inbox frame")
+        raise BadFrame("not an e2ee-iot inbox frame")
     n = payload[1]
-    return bytes(payload[2:2 + n]).decode(), memoryview(payload)[2 + n:]
+    try:
+        sender = bytes(payload[2:2 + n]).decode()
+    except UnicodeError:  # the fuzz target found it: a UnicodeDecodeError escaped
+        raise BadFrame("inbox frame sender is not UTF-8")
+    return sender, memoryview(payload)[2 + n:]
