@@ -642,16 +642,13 @@ def _printable(text: str) -> str:
 def _message_errors() -> tuple[type[Exception], ...]:
     """The typed errors of a message this install cannot decrypt (audit finding 6): it is
     acknowledged and dropped, counted, and logged by its error type, never retried. The
-    protocol's own list (session.MESSAGE_ERRORS) where it has one, else its typed bases. A
-    sender name no record can have (store.BadName: empty, or not a name) is the message's fault
-    too; every other StoreError and OSError is the install's, and stops the receiver."""
+    protocol's own list (session.MESSAGE_ERRORS: decode, ratchet, key agreement, certificate and
+    session errors, BadPeerId for a sender name that is no device id) and the group cipher's;
+    every StoreError and OSError is the install's, and stops the receiver."""
     from e2ee.crypto.errors import InvalidTag
-    from e2ee.protocol import certificate, envelope, keys, ratchet, sender_key, session, store
-    listed = getattr(session, "MESSAGE_ERRORS", ())
-    return tuple(listed) + (session.SessionError, ratchet.RatchetError, ratchet.StateDecodeError,
-                            envelope.EnvelopeError, keys.KeyFormatError, keys.KeyAgreementError,
-                            certificate.CertificateError, sender_key.SenderKeyError, InvalidTag,
-                            store.BadName, UnicodeDecodeError)
+    from e2ee.protocol import envelope, keys, ratchet, sender_key, session
+    return session.MESSAGE_ERRORS + (ratchet.StateDecodeError, envelope.EnvelopeError, keys.KeyFormatError,
+                                     sender_key.SenderKeyError, InvalidTag, UnicodeDecodeError)
 
 
 class _Receiver:

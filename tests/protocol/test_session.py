@@ -32,15 +32,31 @@ def test_session_cpython(tmp_path, part):
     assert proc.returncode == 0 and proc.stdout.strip() == "ok session " + part, proc.stdout + proc.stderr
 
 
+def run_device_script(runtime, micropython, name, *args):
+    """Output of tests/device/<name> run under `runtime` (micropython or cpython)."""
+    script = DEVICE_TESTS / name
+    if runtime == "micropython":
+        return micropython.run(script, *args)
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": "%s:%s" % (ROOT / "firmware", DEVICE_TESTS)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
 @pytest.mark.parametrize("runtime", ["micropython", "cpython"])
 def test_peer_ids_that_are_not_record_names(runtime, micropython, tmp_path):
-    script = DEVICE_TESTS / "check_peer_names.py"
-    if runtime == "micropython":
-        out = micropython.run(script, str(tmp_path))
-    else:
-        out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONPATH": "%s:%s" % (ROOT / "firmware", DEVICE_TESTS)}).stdout
+    out = run_device_script(runtime, micropython, "check_peer_names.py", str(tmp_path))
     assert out.strip().endswith("ok peer names"), out
+
+
+# Issue 12, finding 6: an empty frame sender raised store.BadName and a RatchetMessage whose dh is
+# the peer's signed prekey, while the initiator had no receiving chain, raised TypeError (CKr None):
+# receivers that drop only typed errors looped on them. Now every message a device cannot use
+# raises one of session.MESSAGE_ERRORS (BadPeerId, InvalidHeader) and changes nothing stored.
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_finding6_poison_messages_raise_typed_errors_only(runtime, micropython, tmp_path):
+    out = run_device_script(runtime, micropython, "check_poison_messages.py", str(tmp_path))
+    assert out.strip() == "ok poison messages", out
 
 
 # A maximal session record (MAX_STORED_SKIPPED skipped keys) is loaded and saved on a heap cut into

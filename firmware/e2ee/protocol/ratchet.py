@@ -192,6 +192,8 @@ class Session:
             del self._skipped[i]
             return plaintext
         if dh == self._dhr:
+            if self._ckr is None:  # §3: the initiator's DHr is SPK_B, which no message carries
+                raise InvalidHeader("header carries the peer's first ratchet key: no receiving chain yet")
             if n < self._nr:
                 raise DuplicateMessage("message %d of the current chain was already received" % n)
         elif dh in self._previous:

@@ -31,8 +31,8 @@ from e2ee import crypto
 # holds the .mpy files cannot find 5 KB in one piece for them).
 crypto.default.resolve()
 
-from e2ee.protocol import envelope, ratchet, x3dh  # noqa: E402
-from e2ee.protocol.keys import KeyStore  # noqa: E402
+from e2ee.protocol import certificate, envelope, ratchet, x3dh  # noqa: E402
+from e2ee.protocol.keys import KeyAgreementError, KeyStore  # noqa: E402
 from e2ee.protocol.store import MAX_RECORD, NotFound, RecordStore  # noqa: E402
 
 try:
@@ -44,6 +44,9 @@ except ImportError:
 _KEY = const(32)
 _MAX_NAME = const(32)  # store.MAX_NAME
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
+# Peer ids are device ids (docs/provisioning.md): 1..64 characters of A-Z a-z 0-9 . _ -, the
+# certificate's device_id rule (certificate.MAX_NAME).
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 _INDEX = "peer-index"
 # Session record: format byte, flags, the peer's identity (IK.pub || IS.pub), in version 2 the
 # peer's certificate serial and not_after, the current state's X3DH facts per flag, in version 3
@@ -74,6 +77,12 @@ _KEYSTORE_RECORD = "keystore"
 
 
 class SessionError(ValueError):
+    pass
+
+
+# A peer id that is no device id (empty, too long, another character, not a str): a sender name
+# from the wire that no session can have.
+class BadPeerId(SessionError):
     pass
 
 
@@ -112,6 +121,15 @@ class PeerExpired(PeerRefused):
 # A session without a certificate (started without a TrustStore) used by a manager with one.
 class UncertifiedSession(PeerRefused):
     pass
+
+
+# Every error decrypt() raises for a message it cannot use (finding 6): the envelope's
+# DecodeError, the ratchet's RatchetError, X3DH's KeyAgreementError, a certificate's
+# CertificateError and the SessionError family. A receiver acknowledges, counts and drops such a
+# message (it would fail the same way every time); anything else (store.StoreError, OSError,
+# MemoryError) is the receiver's own trouble.
+MESSAGE_ERRORS = (envelope.DecodeError, ratchet.RatchetError, KeyAgreementError,
+                  certificate.CertificateError, SessionError)
 
 
 # One session state of a peer: the ratchet and the X3DH facts it still needs. `ratchet` is a
@@ -345,6 +363,7 @@ class SessionManager:
     # (store.py): such peers are stored under "p" + 30 hex digits of SHA-256(id), and an index
     # record maps those names back to the ids.
     def _name(self, peer):
+        _check_peer_id(peer)
         if len(peer) <= _MAX_NAME and peer != _INDEX and all(c in _NAME_CHARS for c in peer):
             return peer
         return "p" + hexlify(hashlib.sha256(peer.encode()).digest()[:15]).decode()
@@ -490,14 +509,16 @@ class SessionManager:
         self._save(peer, record)
         return out
 
-    # Decrypts an envelope from peer; returns the plaintext. Any failure raises a typed error
-    # (envelope DecodeError, ratchet RatchetError, X3DH KeyAgreementError, SessionError, and with a
-    # TrustStore certificate.CertificateError) and leaves every stored record as it was. A
+    # Decrypts an envelope from peer; returns the plaintext. Any failure the message causes raises
+    # one of MESSAGE_ERRORS (envelope DecodeError, ratchet RatchetError, X3DH KeyAgreementError,
+    # SessionError, BadPeerId for a sender name that is no device id, and with a TrustStore
+    # certificate.CertificateError) and leaves every stored record as it was. A
     # RatchetMessage is tried against the current state, then the archived ones (newest first):
     # a DuplicateMessage from any of them is raised at once (the message was received: this is
     # what keeps at-least-once delivery exactly-once), and when all fail the current state's
     # error is raised.
     def decrypt(self, peer, data, now=None):
+        _check_peer_id(peer)
         message = envelope.decode(data)
         if isinstance(message, envelope.PreKeyMessage):
             return self._decrypt_prekey(peer, message, now)
@@ -557,3 +578,12 @@ class SessionManager:
         if delete_opk is not None and self.keystore.remove_one_time_prekey(delete_opk):
             self.save_keys()  # only now: a forged prekey message cannot burn a one-time prekey
         return plaintext
+
+
+# Raises BadPeerId unless `peer` is a device id: 1..certificate.MAX_NAME characters of _ID_CHARS.
+def _check_peer_id(peer):
+    if not isinstance(peer, str) or not 0 < len(peer) <= certificate.MAX_NAME:
+        raise BadPeerId("peer id must be 1..%d characters" % certificate.MAX_NAME)
+    for c in peer:
+        if c not in _ID_CHARS:
+            raise BadPeerId("peer id may hold only A-Z a-z 0-9 . _ -")
