@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,23 @@ def test_finding10_removed_member_cannot_reinstall_its_sender_key(micropython, t
             host.decrypt(GROUP, "board-0", device.encrypt(GROUP, b"after"))
     finally:
         device.close()
+
+
+# --- the iteration counter at its last value, and stored chains of the wrong size ---------------
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_sender_key_last_iteration_refused_as_malformed(runtime, request, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """docs/protocol.md §7: a chain's last message is iteration 0xFFFFFFFE; a message or a
+    distribution at 0xFFFFFFFF (correctly signed) is Malformed and changes nothing, also through
+    GroupSessions on flash (it used to decrypt, and the counter then wrapped on MicroPython or
+    crashed the save on CPython); stored chains of any other size, flags or count are Malformed."""
+    script, flash = DEVICE_TESTS / "check_sender_key.py", str(tmp_path / "flash")
+    if runtime == "micropython":
+        out = request.getfixturevalue("micropython").run(script, "last-iteration", flash)
+    else:
+        proc = subprocess.run([sys.executable, str(script), "last-iteration", flash], capture_output=True,
+                              text=True, cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH="%s:%s" % (ROOT / "firmware", DEVICE_TESTS)))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = proc.stdout
+    assert out.strip() == "ok sender_key last-iteration", out

@@ -39,7 +39,11 @@ SIGN_LABEL = b"e2ee-iot sender key v1"
 MESSAGE_INFO = b"e2ee-iot group message v1"
 _AD_LABEL = b"e2ee-iot group v1"
 _FMT = const(0x51)  # stored chain record
-_MAX_ITERATION = 0xFFFFFFFF
+_TAG_SIZE = const(16)  # ChaCha20-Poly1305 tag: ciphertext is 16..MAX_PLAINTEXT + 16 bytes (§7)
+# Last value of the uint32 iteration counter (§7): a chain at it is exhausted. No message or
+# distribution carries it (Malformed), so the counter never needs a 33rd bit and cannot wrap.
+_LAST_ITERATION = 0xFFFFFFFF
+_RECORD_FIXED = const(75)  # stored chain: fmt, flags, key_id, iteration, count, ck, signing pub
 
 _DIST_FIELDS = b"\x00\x02\x00\x00\x02\x02"  # version, group_id, key_id, iteration, chain_key, signing_key
 _MSG_FIELDS = b"\x00\x00\x02"  # key_id, iteration, ciphertext
@@ -110,6 +114,8 @@ class SenderChain:
 
     def distribution(self, group_id):
         g = _name("group id", group_id)
+        if self.iteration >= _LAST_ITERATION:
+            raise SenderKeyError("chain exhausted: make a new sender key")
         size = (_uint_size(VERSION) + _len_size(len(g)) + _uint_size(self.key_id) + _uint_size(self.iteration)
                 + _len_size(32) + _len_size(32))
         out = bytearray(size)
@@ -133,6 +139,8 @@ class SenderChain:
             raise Malformed("distribution is for another group")
         if v[5] is None or len(v[5]) != 32 or v[6] is None or len(v[6]) != 32:
             raise Malformed("distribution chain key and signing key must be 32 bytes")
+        if (v[4] or 0) == _LAST_ITERATION:
+            raise Malformed("distribution iteration 0xffffffff: the chain is exhausted")
         return cls(v[3] or 0, v[4] or 0, v[5], v[6])
 
     # --- messages ---
@@ -142,7 +150,7 @@ class SenderChain:
             raise SenderKeyError("only the owner of a chain encrypts with it")
         if len(plaintext) > MAX_PLAINTEXT:
             raise Malformed("plaintext of %d bytes exceeds %d" % (len(plaintext), MAX_PLAINTEXT))
-        if self.iteration >= _MAX_ITERATION:
+        if self.iteration >= _LAST_ITERATION:
             raise SenderKeyError("chain exhausted: make a new sender key")
         next_ck, mk = chain_key.advance(self._ck)
         key, nonce = chain_key.expand(mk, MESSAGE_INFO)
@@ -171,8 +179,13 @@ class SenderChain:
         except DecodeError as e:
             raise Malformed("group message: %s" % e)
         key_id, iteration, sealed = inner[1] or 0, inner[2] or 0, inner[3]
-        if sealed is None:
-            raise Malformed("group message has no ciphertext")
+        if sealed is None or not _TAG_SIZE <= len(sealed) <= MAX_PLAINTEXT + _TAG_SIZE:
+            raise Malformed("group message ciphertext must be %d..%d bytes" % (
+                _TAG_SIZE, MAX_PLAINTEXT + _TAG_SIZE))
+        if len(outer[2]) != SIGNATURE_SIZE:
+            raise Malformed("group message signature must be %d bytes" % SIGNATURE_SIZE)
+        if iteration == _LAST_ITERATION:
+            raise Malformed("group message iteration 0xffffffff: no chain reaches it")
         if key_id != self.key_id:
             raise UnknownChain("message key id %08x, the chain held is %08x" % (key_id, self.key_id))
         try:
@@ -218,12 +231,16 @@ class SenderChain:
             out.append(struct.pack(">I", it) + mk)
         return b"".join(out)
 
+    # Parses a stored chain (§7 "Stored chains"); any other format byte, flags or length is
+    # Malformed.
     @classmethod
     def from_bytes(cls, data):
-        if len(data) < 75 or data[0] != _FMT:
+        if len(data) < _RECORD_FIXED or data[0] != _FMT or data[1] > 1:
             raise Malformed("not a stored sender chain")
         own = data[1] == 1
         key_id, iteration, count = struct.unpack(">IIB", data[2:11])
+        if count > MAX_STORED or len(data) != _RECORD_FIXED + (32 if own else 0) + 36 * count:
+            raise Malformed("stored sender chain: %d bytes for %d skipped keys" % (len(data), count))
         pos = 11
         ck, pub = data[pos:pos + 32], data[pos + 32:pos + 64]
         pos += 64
@@ -235,6 +252,4 @@ class SenderChain:
         for _ in range(count):
             skipped.append((struct.unpack(">I", data[pos:pos + 4])[0], bytes(data[pos + 4:pos + 36])))
             pos += 36
-        if pos != len(data):
-            raise Malformed("stored sender chain has %d stray bytes" % (len(data) - pos))
         return cls(key_id, iteration, ck, pub, seed, skipped)
