@@ -112,6 +112,10 @@ def vectors(path):
 def _signed_message(seed, pub, key_id, iteration, ck, group, sender):
     key, nonce = chain_key.expand(chain_key.advance(ck)[1], sender_key.MESSAGE_INFO)
     sealed = crypto.aead_encrypt(key, nonce, b"wrap", sender_key._ad(group, sender, key_id, iteration))
+    return _sign(seed, pub, key_id, iteration, sealed)
+
+
+def _sign(seed, pub, key_id, iteration, sealed):
     msg = bytearray(_uint_size(key_id) + _uint_size(iteration) + _len_size(len(sealed)))
     _put_bytes(msg, _put_uint(msg, _put_uint(msg, 0, 1, key_id), 2, iteration), 3, sealed)
     sig = crypto.ed25519_sign(seed, sender_key.SIGN_LABEL + msg, pub)
@@ -151,6 +155,15 @@ def last_iteration(directory):
         before = chain.to_bytes()
         raises(Malformed, chain.decrypt, group, sender, wrap)
         assert chain.to_bytes() == before
+    # ciphertexts of 16..4112 bytes and 64-byte signatures only (the longest is not in the vector
+    # file: its 8 KB line does not fit the heap beside the SDK)
+    big = SenderChain(key_id, 0, ck, pub, seed)
+    reader = SenderChain.from_distribution(big.distribution(group), group)
+    assert reader.decrypt(group, sender, big.encrypt(group, sender, bytes(4096))) == bytes(4096)
+    raises(Malformed, big.encrypt, group, sender, bytes(4097))
+    raises(Malformed, reader.decrypt, group, sender, _sign(seed, pub, key_id, 1, bytes(4113)))
+    raises(Malformed, reader.decrypt, group, sender, _sign(seed, pub, key_id, 1, bytes(15)))
+    assert reader.iteration == 1
     # a distribution at iteration 0xFFFFFFFF: Malformed
     exhausted = _distribution(key_id, LAST, ck, pub, group)
     assert _distribution(key_id, LAST - 1, ck, pub, group) == dist  # the helper writes the codec's bytes
