@@ -181,7 +181,8 @@ def last_iteration(directory):
     raises(Malformed, groups.add_member, group, "pump-3", exhausted)
     raises(Malformed, groups.decrypt, group, sender, wrap)
     assert records() == before and not groups.has_member(group, "pump-3")
-    assert groups.decrypt(group, sender, _signed_message(seed, pub, key_id, LAST - 1, ck, group, sender)) == b"wrap"
+    last = _signed_message(seed, pub, key_id, LAST - 1, ck, group, sender)
+    assert groups.decrypt(group, sender, last) == b"wrap"
     before = records()  # the member's chain is now at 0xFFFFFFFF
     raises(Malformed, groups.decrypt, group, sender, wrap)
     assert records() == before

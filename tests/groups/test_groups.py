@@ -260,7 +260,8 @@ def test_finding10_removed_member_cannot_reinstall_its_sender_key(micropython, t
 # --- the iteration counter at its last value, and stored chains of the wrong size ---------------
 
 @pytest.mark.parametrize("runtime", ["micropython", "cpython"])
-def test_sender_key_last_iteration_refused_as_malformed(runtime, request, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sender_key_last_iteration_refused_as_malformed(  # type: ignore[no-untyped-def]
+        runtime, request, tmp_path) -> None:
     """docs/protocol.md §7: a chain's last message is iteration 0xFFFFFFFE; a message or a
     distribution at 0xFFFFFFFF (correctly signed) is Malformed and changes nothing, also through
     GroupSessions on flash (it used to decrypt, and the counter then wrapped on MicroPython or

@@ -101,13 +101,15 @@ class Sender:
         self.ck, mk = kdf_ck(ck)
         key, nonce = expand(mk)
         a = ad(self.group, self.sender, self.key_id, iteration)
-        message, signature, wire = seal(self.seed, self.key_id, iteration, ChaCha20Poly1305(key).encrypt(nonce, pt, a))
+        ct = ChaCha20Poly1305(key).encrypt(nonce, pt, a)
+        message, signature, wire = seal(self.seed, self.key_id, iteration, ct)
         self.iteration += 1
-        return {"iteration": be32(iteration), "ck": ck, "mk": mk, "key": key, "nonce": nonce, "pt": pt, "ad": a,
-                "message": message, "signature": signature, "wire": wire}
+        return {"iteration": be32(iteration), "ck": ck, "mk": mk, "key": key, "nonce": nonce, "pt": pt,
+                "ad": a, "message": message, "signature": signature, "wire": wire}
 
     def state(self) -> bytes:
-        return bytes((0x51, 1)) + be32(self.key_id) + be32(self.iteration) + b"\x00" + self.ck + pub(self.seed) + self.seed
+        return (bytes((0x51, 1)) + be32(self.key_id) + be32(self.iteration) + b"\x00" + self.ck
+                + pub(self.seed) + self.seed)
 
 
 class Refused(Exception):
@@ -169,8 +171,8 @@ class Receiver:
         self.skipped: list[tuple[int, bytes]] = []
 
     def state(self) -> bytes:
-        return (bytes((0x51, 0)) + be32(self.key_id) + be32(self.iteration) + bytes((len(self.skipped),)) + self.ck
-                + self.signing + b"".join(be32(i) + mk for i, mk in self.skipped))
+        return (bytes((0x51, 0)) + be32(self.key_id) + be32(self.iteration) + bytes((len(self.skipped),))
+                + self.ck + self.signing + b"".join(be32(i) + mk for i, mk in self.skipped))
 
     def decrypt(self, group: str, sender: str, wire: bytes) -> bytes:
         strict(wire, (2, 2))
@@ -187,7 +189,8 @@ class Receiver:
         if inner.key_id != self.key_id:
             raise Refused("UnknownChain")
         try:
-            Ed25519PublicKey.from_public_bytes(self.signing).verify(outer.signature, SIGN_LABEL + outer.message)
+            signing = Ed25519PublicKey.from_public_bytes(self.signing)
+            signing.verify(outer.signature, SIGN_LABEL + outer.message)
         except InvalidSignature:
             raise Refused("BadSignature") from None
         a, it = ad(group, sender, inner.key_id, inner.iteration), inner.iteration
@@ -244,7 +247,8 @@ def _signed_at(sender: Sender, iteration: int, ck: bytes, group: str | None = No
     (for group `group`, key id `key_id` when given)."""
     kid = sender.key_id if key_id is None else key_id
     key, nonce = expand(kdf_ck(ck)[1])
-    ct = ChaCha20Poly1305(key).encrypt(nonce, b"crafted", ad(group or sender.group, sender.sender, kid, iteration))
+    a = ad(group or sender.group, sender.sender, kid, iteration)
+    ct = ChaCha20Poly1305(key).encrypt(nonce, b"crafted", a)
     return seal(sender.seed, kid, iteration, ct)[2]
 
 
@@ -274,7 +278,8 @@ def reference_records() -> list[dict]:
         receivers[name] = (Receiver(dist, GROUP), s)
         recs.append({"id": "install-" + name, "distribution": dist})
 
-    a = Sender(GROUP, "pump-2", struct.unpack(">I", h("key id a")[:4])[0], 0, h("chain key a"), h("signing seed a"))
+    a = Sender(GROUP, "pump-2", struct.unpack(">I", h("key id a")[:4])[0], 0, h("chain key a"),
+               h("signing seed a"))
     ck_a0 = a.ck
     sender_record("a", a)
     install("ra", a)
@@ -315,7 +320,8 @@ def reference_records() -> list[dict]:
     outer = pb.SignedSenderKeyMessage.FromString(w2)
     recv("ra", "truncated", w2[:-1])
     recv("ra", "no-signature", serialize(pb.SignedSenderKeyMessage(message=outer.message)))
-    recv("ra", "signature-63", serialize(pb.SignedSenderKeyMessage(message=outer.message, signature=outer.signature[:63])))
+    recv("ra", "signature-63",
+         serialize(pb.SignedSenderKeyMessage(message=outer.message, signature=outer.signature[:63])))
     recv("ra", "short-ciphertext", seal(a.seed, a.key_id, 0, bytes(15))[2])
     # key_id (field 1) as a length-delimited field, signed: a codec error, before the signature
     message = b"\x0a\x01\x07" + serialize(pb.SenderKeyMessage(ciphertext=bytes(16)))
@@ -353,9 +359,11 @@ def reference_records() -> list[dict]:
             raise AssertionError("distribution %s was accepted" % what)
 
     d = pb.SenderKeyDistribution.FromString(a.distribution())
-    for what, change in (("version-2", {"version": 2}), ("version-missing", {"version": 0}),
-                         ("other-group", {"group_id": "line-4"}), ("chain-key-31", {"chain_key": d.chain_key[:31]}),
-                         ("signing-key-missing", {"signing_key": b""}), ("iteration-max", {"iteration": LAST})):
+    changes: tuple[tuple[str, dict], ...] = (
+        ("version-2", {"version": 2}), ("version-missing", {"version": 0}),
+        ("other-group", {"group_id": "line-4"}), ("chain-key-31", {"chain_key": d.chain_key[:31]}), ("signing-key-missing", {"signing_key": b""}),
+        ("iteration-max", {"iteration": LAST}))
+    for what, change in changes:
         changed = pb.SenderKeyDistribution()
         changed.CopyFrom(d)
         for field, value in change.items():
@@ -376,7 +384,8 @@ def published_vectors() -> str:
     from google.protobuf import __version__ as protobuf_version
 
     path = Path(os.environ.get("TMPDIR", "/tmp")) / ("sender-key-vectors-%d.txt" % os.getpid())
-    vectorfile.write(str(path), HEADER % ("protobuf %s.x" % protobuf_version.split(".")[0]), reference_records())
+    header = HEADER % ("protobuf %s.x" % protobuf_version.split(".")[0])
+    vectorfile.write(str(path), header, reference_records())
     text = path.read_text()
     path.unlink()
     return text
@@ -395,8 +404,9 @@ def test_firmware_matches_sender_key_vectors(runtime, request) -> None:  # type:
     if runtime == "micropython":
         out = request.getfixturevalue("micropython").run(SCRIPT, "vectors", str(VECTORS))
     else:
-        proc = subprocess.run([sys.executable, str(SCRIPT), "vectors", str(VECTORS)], capture_output=True, text=True,
-                              cwd=ROOT, env=dict(os.environ, PYTHONPATH="%s:%s" % (ROOT / "firmware", DEVICE_TESTS)))
+        env = dict(os.environ, PYTHONPATH="%s:%s" % (ROOT / "firmware", DEVICE_TESTS))
+        proc = subprocess.run([sys.executable, str(SCRIPT), "vectors", str(VECTORS)], capture_output=True,
+                              text=True, cwd=ROOT, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out = proc.stdout
     assert out.strip() == "ok sender_key vectors=%d" % records, out
