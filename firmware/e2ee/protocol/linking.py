@@ -16,7 +16,7 @@
 #   HKDF-SHA256(secret, none, "e2ee-iot link rendezvous v1", 16): only QR holders know it.
 # The primary's message is e_primary (32) || sealed offer; the new device's is the sealed answer.
 from e2ee import crypto
-from e2ee.crypto.errors import InvalidTag
+from e2ee.crypto.errors import CryptoError, InvalidTag
 
 try:
     from micropython import const
@@ -84,6 +84,29 @@ def _name(what, value):
     return data
 
 
+# A device id or fleet read from a payload: 1..MAX_NAME bytes of A-Z a-z 0-9 . _ - (the id
+# alphabet of docs/provisioning.md), as str. The primary puts it into a request path (GET
+# /identities/<id>): a '/' or '..' there would sign a request for another resource.
+def _id(what, data):
+    if not 0 < len(data) <= MAX_NAME:
+        raise BadPayload("link payload %s must be 1..%d bytes" % (what, MAX_NAME))
+    for i in range(len(data)):
+        b = data[i]
+        if not (0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A or b == 0x2D or b == 0x2E
+                or b == 0x5F):
+            raise BadPayload("link payload %s has a byte outside A-Z a-z 0-9 . _ - at %d" % (what, i))
+    return bytes(data).decode()
+
+
+# X25519 of the channel; ChannelError for a key of the wrong size or small order (from the QR
+# code or the rendezvous, both untrusted).
+def _dh(private, public):
+    try:
+        return crypto.x25519(private, public)
+    except CryptoError:
+        raise ChannelError("link ephemeral key is not a usable X25519 public key")
+
+
 class Offer:
     # What the new device shows: its names, fingerprint, the pairing secret and its ephemeral
     # public key. The new device keeps `ephemeral_private` (in RAM only) until the link is done.
@@ -121,15 +144,16 @@ class Offer:
                 raise BadPayload("link payload version %d, expected %d" % (raw[0], VERSION))
             pos = 1
             n = raw[pos]
-            device_id = raw[pos + 1:pos + 1 + n].decode()
+            device_id = raw[pos + 1:pos + 1 + n]
             pos += 1 + n
             n = raw[pos]
-            fleet = raw[pos + 1:pos + 1 + n].decode()
+            fleet = raw[pos + 1:pos + 1 + n]
             pos += 1 + n
-        except (IndexError, UnicodeError):
+        except IndexError:
             raise BadPayload("link payload is truncated")
+        device_id, fleet = _id("device id", device_id), _id("fleet", fleet)
         rest = raw[pos:]
-        if len(rest) != FINGERPRINT_SIZE + SECRET_SIZE + KEY_SIZE or not device_id or not fleet:
+        if len(rest) != FINGERPRINT_SIZE + SECRET_SIZE + KEY_SIZE:
             raise BadPayload("link payload has %d bytes of keys, expected %d" % (
                 len(rest), FINGERPRINT_SIZE + SECRET_SIZE + KEY_SIZE))
         return cls(device_id, fleet, rest[:16], rest[16:32], rest[32:])
@@ -142,7 +166,7 @@ class Offer:
     def channel(self, primary_ephemeral_pub):
         if self._private is None:
             raise ChannelError("only the device that made the offer holds its ephemeral key")
-        return Channel(crypto.x25519(self._private, primary_ephemeral_pub), self.secret, self.ephemeral_pub,
+        return Channel(_dh(self._private, primary_ephemeral_pub), self.secret, self.ephemeral_pub,
                        primary_ephemeral_pub)
 
 
@@ -162,7 +186,7 @@ class Channel:
     def for_primary(cls, offer, rng=None):
         private = bytes((rng or crypto.random_bytes)(KEY_SIZE))
         public = crypto.x25519_base(private)
-        return cls(crypto.x25519(private, offer.ephemeral_pub), offer.secret, offer.ephemeral_pub, public), public
+        return cls(_dh(private, offer.ephemeral_pub), offer.secret, offer.ephemeral_pub, public), public
 
     def seal_offer(self, plaintext):
         return self._seal("offer", self._offer_key, plaintext)
