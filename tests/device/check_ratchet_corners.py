@@ -33,7 +33,8 @@ class Rng:
 def pair():
     bob_rng = Rng(b"bob")
     spk = ratchet.generate_keypair(bob_rng)
-    return ratchet.init_initiator(SK, spk[1], AD, Rng(b"alice")), ratchet.init_responder(SK, spk, AD, bob_rng), spk
+    alice = ratchet.init_initiator(SK, spk[1], AD, Rng(b"alice"))
+    return alice, ratchet.init_responder(SK, spk, AD, bob_rng), spk
 
 
 # The serialized state's digest, through one buffer allocated at start (as check_ratchet.py).

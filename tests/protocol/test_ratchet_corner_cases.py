@@ -20,7 +20,8 @@ def test_ratchet_corner_cases_as_specified(runtime, request) -> None:  # type: i
         out = request.getfixturevalue("micropython").run(SCRIPT)  # heap: conftest.py
     else:
         env = dict(os.environ, PYTHONPATH="%s:%s" % (ROOT / "firmware", DEVICE_TESTS))
-        proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=ROOT, env=env)
+        proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=ROOT,
+                              env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out = proc.stdout
     assert out.strip() == "ok ratchet corners", out
