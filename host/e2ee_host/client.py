@@ -216,9 +216,12 @@ class DeviceClient(ServiceClient):
         return "<DeviceClient %s %s>" % (self.device_id, self.http.base_url)
 
     def enroll(self, token: str, *, board_uid: bytes = b"", board_key: bytes | None = None,
-               registration_lock_pin: str | None = None, trusted_keys: Sequence[bytes] | None = None) -> Enrolled:
+               registration_lock_pin: str | None = None, trusted_keys: Sequence[bytes] | None = None,
+               operator_key: str | None = None) -> Enrolled:
         """Claim + fresh challenge + proof of possession (+ hardware evidence): the certificate,
-        verified with `trusted_keys` (default: the CA keys the enrollment answer carries)."""
+        verified with `trusted_keys` (default: the CA keys the enrollment answer carries).
+        `operator_key` (X-API-Key) lets an operator re-register an enrolled device id with new
+        keys without its owner's claim (docs/provisioning.md, "Re-registration")."""
         challenge = _unb64(self.call("POST", "/enroll/challenge")["challenge"])
         fields = enrollment.enrollment_fields(self.keystore, challenge, token, self.device_id, self.fleet,
                                               board_uid, board_key)
@@ -226,8 +229,10 @@ class DeviceClient(ServiceClient):
                                 "fleet": self.fleet, **{k: _b64(v) for k, v in fields.items()}}
         if registration_lock_pin is not None:
             body["registration_lock_pin"] = registration_lock_pin
-        doc = self.call("POST", "/enroll", headers={"Content-Type": "application/json"},
-                         content=json.dumps(body).encode())
+        headers = {"Content-Type": "application/json"}
+        if operator_key is not None:
+            headers["X-API-Key"] = operator_key
+        doc = self.call("POST", "/enroll", headers=headers, content=json.dumps(body).encode())
         ca_keys = [_unb64(k) for k in doc["ca_keys"]]
         trusted = list(trusted_keys) if trusted_keys is not None else ca_keys
         crl_data = _unb64(doc["revocation_list"])

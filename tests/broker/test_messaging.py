@@ -21,6 +21,7 @@ import pytest
 from enrollment_support import enroll_micropython_device
 from support import DEVICE_TESTS, ROOT
 
+from e2ee.protocol import certificate
 from e2ee.protocol import session as session_mod
 from e2ee.protocol.keys import KeyStore
 from e2ee.protocol.session import SessionManager
@@ -258,6 +259,29 @@ def test_revocation_end_to_end(system, tmp_path) -> None:  # type: ignore[no-unt
         b_sessions.encrypt("pump-a", b"no more")
     a_link.close()
     b_link.close()
+
+
+def test_finding4_re_registration_publishes_the_revocation_list(  # type: ignore[no-untyped-def]
+        system, tmp_path) -> None:
+    """pump-c re-registers with new keys (a claim of its owner): the service signs a list that
+    revokes the superseded certificate and PUBLISHes it, retained (QoS 1), on the fleet's crl
+    topic; pump-d, subscribed there, receives it and refuses the old identity's certificate; a
+    client subscribing afterwards gets the same list as the retained message."""
+    b_client, b_sessions, b_link = _host(system, tmp_path, "pump-d", certified=True)
+    old = DeviceClient(system.service.url, "pump-c", FLEET, KeyStore.generate(2))
+    old_serial = old.enroll(system.op.create_claims(FLEET, owner="acme").tokens[0]).cert.serial
+    assert b_link.crls.empty()
+    new = DeviceClient(system.service.url, "pump-c", FLEET, KeyStore.generate(2))
+    new.enroll(system.op.create_claims(FLEET, owner="acme").tokens[0])
+    crl = b_link.crls.get(timeout=10)
+    assert b_sessions.trust.update_revocation_list(crl) == 2  # type: ignore[union-attr]
+    assert certificate.verify_revocation_list(crl, system.op.ca_keys(), 1).is_revoked(old_serial)
+    password = b_client.mqtt_password  # type: ignore[attr-defined]
+    b_link.close()
+    late = HostLink(system.broker.host, system.broker.port, FLEET, "pump-d", password)
+    late.connect()
+    assert late.crls.get(timeout=10) == crl  # retained
+    late.close()
 
 
 def test_http_relay_for_clients_without_mqtt(system, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -43,9 +43,9 @@ class Install:
         return self.sessions
 
 
-def _enrolled(tmp_path: Path, url: str, name: str) -> Install:
+def _enrolled(tmp_path: Path, url: str, name: str, owner: str = "") -> Install:
     with OperatorClient(url, OPERATOR_KEY) as op:
-        token = op.create_claims("plant-north").tokens[0]
+        token = op.create_claims("plant-north", owner=owner).tokens[0]
     inst = Install(tmp_path / name, url, name)
     inst.client.enroll(token)
     inst.client.upload_prekeys()
@@ -146,12 +146,16 @@ def test_backup_uploads_are_checked(live_server, tmp_path) -> None:  # type: ign
 
 
 def test_registration_lock_guards_the_backed_up_identity(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    a = _enrolled(tmp_path, live_server.url, "alice-4")
+    a = _enrolled(tmp_path, live_server.url, "alice-4", owner="alice")
     a.client.set_registration_lock("2468-1357")
     with OperatorClient(live_server.url, OPERATOR_KEY) as op:
-        token = op.create_claims("plant-north", quota=3).tokens[0]
+        token = op.create_claims("plant-north", quota=3, owner="alice").tokens[0]
+        strangers = op.create_claims("plant-north", owner="mallory").tokens[0]
     thief = DeviceClient(live_server.url, "alice-4", "plant-north", KeyStore.generate())
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(ApiError) as e:  # another owner's claim (finding 4)
+        thief.enroll(strangers, registration_lock_pin="2468-1357")
+    assert e.value.status == 403
+    with pytest.raises(ApiError) as e:  # the owner's claim without the PIN
         thief.enroll(token)
     assert e.value.status == 423
     # the owner's restored install re-enrolls with its own keys (a renewal) and with new keys + PIN

@@ -68,7 +68,7 @@ def test_certificate_status_queries(client) -> None:  # type: ignore[no-untyped-
 def test_registration_lock(client) -> None:  # type: ignore[no-untyped-def]
     settings = client.app.state.settings
     device = TestDevice("pump-1")
-    first = device.register(client)
+    first = device.register(client, owner="acme")
     body = b'{"pin": "4711-2342"}'
     r = client.put("/me/registration-lock", content=body, headers={
         "Content-Type": "application/json", **device.headers("PUT", "/me/registration-lock", body)})
@@ -76,10 +76,10 @@ def test_registration_lock(client) -> None:  # type: ignore[no-untyped-def]
     info = client.get("/devices/pump-1", headers=OPERATOR).json()
     assert info["registration_lock"] is True and "4711" not in str(info)
 
-    # the same device id with new keys (a reflashed or stolen-and-reset board)
+    # the same device id with new keys (a reflashed or stolen-and-reset board), with the owner's claim
     thief = TestDevice("pump-1")
     thief.store = KeyStore.generate()
-    token = create_claim(client, quota=20)
+    token = create_claim(client, quota=20, owner="acme")
     before = dump_tables(client.app.state.engine)
     r = thief.enroll(client, token)
     assert r.status_code == 423 and "needs its PIN" in r.text

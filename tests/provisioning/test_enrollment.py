@@ -363,3 +363,75 @@ def test_full_enrollment_of_a_micropython_device(client, micropython, tmp_path: 
     assert _device(micropython, "verify", str(cert_file), str(crl_file), ca_keys, now, "2") == {
         "error": "RolledBack"}
     assert binascii.unhexlify(result["serial"])
+
+
+# --- issue 12, finding 4: re-registration of an enrolled device id ----------------------------
+
+def _lock_failures(client, device_id: str) -> int:  # type: ignore[no-untyped-def]
+    with client.app.state.engine.connect() as conn:
+        return int(conn.execute(text("SELECT lock_failures FROM devices WHERE device_id = :d"),
+                                {"d": device_id}).scalar_one())
+
+
+def test_finding4_re_registration_needs_the_owner_or_an_operator(client):  # type: ignore[no-untyped-def]
+    engine = client.app.state.engine
+    owned = TestDevice("pump-1")
+    first = owned.register(client, owner="acme")
+    stranger = TestDevice("pump-1")
+    stranger.store = KeyStore.generate()
+    for token in (create_claim(client, owner="globex"), create_claim(client)):
+        body = stranger.enrollment_body(client, token)
+        before = dump_tables(engine)
+        r = client.post("/enroll", json=body)
+        assert r.status_code == 403 and "owner" in r.text, r.text
+        assert dump_tables(engine) == before
+    # a locked device: a stranger's wrong PINs are refused before they count (the lock is not burned)
+    pin = b'{"pin": "4711-2342"}'
+    headers = {"Content-Type": "application/json", **owned.headers("PUT", "/me/registration-lock", pin)}
+    assert client.put("/me/registration-lock", content=pin, headers=headers).status_code == 204
+    globex = create_claim(client, owner="globex", quota=20)
+    for _ in range(client.app.state.settings.registration_lock_attempts + 1):
+        r = stranger.enroll(client, globex, registration_lock_pin="0000")
+        assert r.status_code == 403, r.text
+    assert _lock_failures(client, "pump-1") == 0
+    bad_key = stranger.enrollment_body(client, create_claim(client))
+    assert client.post("/enroll", json=bad_key, headers={"X-API-Key": "not-the-key"}).status_code == 403
+    # the owner's claim with the PIN re-registers; the old certificate is superseded
+    reflashed = TestDevice("pump-1")
+    reflashed.store = KeyStore.generate()
+    r = reflashed.enroll(client, create_claim(client, owner="acme"), registration_lock_pin="4711-2342")
+    assert r.status_code == 201, r.text
+    assert client.get("/certificates/" + first["serial"], headers=OPERATOR).json()["status"] == "revoked"
+    # an owner-less device: only an operator re-registers it
+    orphan = TestDevice("meter-2")
+    orphan.register(client)
+    orphan.store = KeyStore.generate()
+    assert orphan.enroll(client, create_claim(client)).status_code == 403
+    body = orphan.enrollment_body(client, create_claim(client, owner="acme"))
+    assert client.post("/enroll", json=body).status_code == 403
+    r = client.post("/enroll", json=body, headers=OPERATOR)
+    assert r.status_code == 201, r.text
+    assert client.get("/devices/meter-2", headers=OPERATOR).json()["owner"] == "acme"
+
+
+def test_finding4_re_registration_needs_the_recorded_board(client) -> None:  # type: ignore[no-untyped-def]
+    engine = client.app.state.engine
+    uid, other_uid = bytes.fromhex("c0ffee000001"), bytes.fromhex("c0ffee000002")
+    device = TestDevice("valve-3")
+    token = create_claim(client, owner="acme", quota=10)
+    r = device.enroll(client, token, board_uid=uid, board_key=enrollment.board_key(FACTORY_KEY, uid))
+    assert r.status_code == 201, r.text
+    device.store = KeyStore.generate()  # new keys for valve-3, from the owner's claim
+    other_board = {"board_uid": other_uid, "board_key": enrollment.board_key(FACTORY_KEY, other_uid)}
+    cases = [({}, {}), (other_board, {}), ({}, OPERATOR)]  # no board, another genuine board, an operator
+    for kw, headers in cases:
+        body = device.enrollment_body(client, token, **kw)
+        before = dump_tables(engine)
+        r = client.post("/enroll", json=body, headers=headers)
+        assert r.status_code == 403 and "board" in r.text, r.text
+        assert dump_tables(engine) == before
+    # the recorded board's evidence over the new identity re-registers
+    r = device.enroll(client, token, board_uid=uid, board_key=enrollment.board_key(FACTORY_KEY, uid))
+    assert r.status_code == 201, r.text
+    assert base64.b64decode(r.json()["certificate"]) and client.get(
+        "/devices/valve-3", headers=OPERATOR).json()["ik_pub"] == b64(device.store.ik_pub)

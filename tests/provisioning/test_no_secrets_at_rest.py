@@ -67,8 +67,8 @@ def _scenario(url: str, rng: RecordingRng, tmp_path: Path) -> list[bytes]:
         for n in range(3):
             assert sb.decrypt("node-0", sa.encrypt("node-1", MARKER + b" %d" % n)) == MARKER + b" %d" % n
         b.set_registration_lock(PIN)
-        # node-1 is reflashed with new keys and re-registers with its PIN
-        token = op.create_claims("plant-north").tokens[0]
+        # node-1 is reflashed with new keys and re-registers with its owner's claim and its PIN
+        token = op.create_claims("plant-north", owner="acme").tokens[0]
         needles.append(token.encode())
         fresh = DeviceClient(url, "node-1", "plant-north", KeyStore.generate(2, rng))
         fresh.enroll(token, registration_lock_pin=PIN, board_uid=b"\x02" * 8,

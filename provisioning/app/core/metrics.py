@@ -21,6 +21,8 @@ COUNTERS = {
     "e2ee_registration_lock_failures_total": "Wrong registration-lock PINs",
     "e2ee_revocations_total": "Devices revoked",
     "e2ee_revocation_lists_signed_total": "Revocation lists signed",
+    "e2ee_revocation_list_publish_failures_total":
+        "Revocation lists the broker did not take after a re-registration",
     "e2ee_enrollment_claims_created_total": "Enrollment claim tokens created",
     "e2ee_auth_failures_total": "Requests refused for missing or wrong credentials",
 }

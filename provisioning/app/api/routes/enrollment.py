@@ -6,6 +6,10 @@ certificate signed by the Fleet CA (and MQTT credentials when a broker is config
 Private keys are generated on the device and never sent: the request carries public keys, the
 proof signature and the evidence MAC. Every check runs before any write; a refused enrollment
 changes nothing except, for a wrong registration-lock PIN, the attempt counter.
+
+New keys for an enrolled device id (re-registration) need a claim of the device's owner or an
+operator key, the recorded board's evidence when a board is on record, then the registration
+lock's PIN when one is set (docs/provisioning.md, "Re-registration"; issue 12, finding 4).
 """
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ import logging
 import secrets
 import time
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,7 +35,7 @@ from e2ee_provisioning.core.authority import current_revocation_list, publish_re
 from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.metrics import Metrics
-from e2ee_provisioning.core.security import pin_matches
+from e2ee_provisioning.core.security import operator_key_matches, pin_matches
 from e2ee_provisioning.models import (
     Certificate, ChallengePublic, Device, EnrollmentChallenge, EnrollmentClaim, EnrollmentRequest,
     EnrollmentResult, MqttCredentials, OneTimePrekey, Revocation, SignedPrekey, utcnow,
@@ -103,6 +108,29 @@ def _identity_revoked(session: Session, req: EnrollmentRequest) -> bool:
         .limit(1)) is not None
 
 
+def _check_operator_key(key: str | None, settings: Settings, metrics: Metrics) -> bool:
+    """True for a valid X-API-Key, False without one; a wrong key is refused (403)."""
+    if key is None:
+        return False
+    if not operator_key_matches(key, settings.operator_key_hashes()):
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "invalid operator API key")
+    return True
+
+
+def _check_re_registration(device: Device, req: EnrollmentRequest, claim: EnrollmentClaim, operator: bool,
+                           metrics: Metrics) -> None:
+    """New keys for an enrolled device id: a claim naming the device's (non-empty) owner, or an
+    operator; and where a board is on record, that board's evidence (verified by
+    _check_evidence). Runs before the registration lock, so a stranger spends none of its PIN
+    attempts (issue 12, finding 4)."""
+    if not operator and not (device.owner and claim.owner == device.owner):
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "re-registering an enrolled device id with new "
+                      "keys needs a claim of the device's owner or an operator key")
+    if device.board_uid is not None and req.board_uid != device.board_uid:
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "this device id is bound to a board: "
+                      "re-registration needs that board's hardware evidence")
+
+
 def _check_registration_lock(session: Session, device: Device, req: EnrollmentRequest, settings: Settings,
                              metrics: Metrics) -> None:
     """A locked identity re-registers only with its PIN; wrong PINs count, and after
@@ -139,10 +167,29 @@ def _broker_credentials(request: Request, settings: Settings, device: Device,
                            client_id=device.device_id, password=password)
 
 
+def _publish_revocation_list(request: Request, fleet: str, data: bytes, metrics: Metrics) -> None:
+    """The list that revokes the superseded certificates, retained on the fleet's crl topic
+    (docs/broker.md), after the commit; a broker that does not take it is logged and counted:
+    the enrollment stands and the next list published carries the serials too."""
+    broker: BrokerAdmin | None = request.app.state.broker
+    if broker is None:
+        return
+    try:
+        broker.publish_revocation_list(fleet, data)
+    except BrokerError:
+        metrics.inc("e2ee_revocation_list_publish_failures_total")
+        log.warning("the broker did not take the revocation list of fleet %s; GET /revocations serves it",
+                    fleet)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=EnrollmentResult)
 def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, settings: SettingsDep,
-                metrics: MetricsDep, ca: CADep) -> EnrollmentResult:
+                metrics: MetricsDep, ca: CADep,
+                x_api_key: Annotated[str | None, Header()] = None) -> EnrollmentResult:
+    """X-API-Key (optional): an operator's key, which authorizes re-registering a device id with
+    new keys without its owner's claim."""
     now = utcnow()
+    operator = _check_operator_key(x_api_key, settings, metrics)
     # 1. a fresh challenge of ours
     challenge = session.scalar(select(EnrollmentChallenge).where(EnrollmentChallenge.nonce == req.challenge))
     if challenge is None or challenge.expires_at <= now:
@@ -174,6 +221,7 @@ def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, s
     rekey = device is not None and (device.ik_pub != req.ik_pub or device.is_pub != req.is_pub)
     if rekey:
         assert device is not None
+        _check_re_registration(device, req, claim, operator, metrics)
         _check_registration_lock(session, device, req, settings, metrics)
 
     # --- every check passed: spend the claim and the challenge, then write ---
@@ -225,6 +273,8 @@ def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, s
     log.info("enrolled %s in fleet %s: certificate %s until %d%s", device.device_id, device.fleet, serial.hex(),
              not_after, " (re-registered with new keys)" if rekey else "")
     crl = current_revocation_list(session)
+    if rekey:
+        _publish_revocation_list(request, device.fleet, crl.data, metrics)
     return EnrollmentResult(device_id=device.device_id, fleet=device.fleet, certificate=data, serial=serial.hex(),
                             not_after=not_after, ca_keys=ca.public_keys(), revocation_list=crl.data,
                             mqtt=mqtt)
