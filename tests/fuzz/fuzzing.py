@@ -15,7 +15,10 @@ suite's budget); scripts/fuzz runs the same targets with many more.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +131,17 @@ def outcome(fn: Callable[..., Any], errors: type[BaseException] | tuple[type[Bas
         return True, fn(*args)
     except errors as e:
         return False, e
+
+
+@contextmanager
+def scratch_copy(template: Path) -> Iterator[Path]:
+    """A throw-away copy of the device directory `template` (in RAM where /dev/shm exists: the
+    record store syncs every write, which costs more than the decoder on a disk)."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
+        directory = Path(tmp) / "device"
+        shutil.copytree(template, directory)
+        yield directory
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:

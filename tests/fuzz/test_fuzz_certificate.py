@@ -8,13 +8,11 @@ files and version as they were.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzzing import fuzz, inputs, mutated, outcome, snapshot
+from fuzzing import fuzz, inputs, mutated, outcome, scratch_copy, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -142,9 +140,7 @@ def test_fuzz_trust_store_revocation_update(fleet: Fleet, data: st.DataObject) -
     else:
         body = data.draw(mutated(_bodies(fleet.lists(), pb.SignedRevocationList, "revocation_list")))
         raw = fleet.sign_list(body)
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / "device"
-        shutil.copytree(fleet.template, directory)
+    with scratch_copy(fleet.template) as directory:
         trust = TrustStore(str(directory), KEY)
         before = snapshot(directory)
         ok, version = outcome(trust.update_revocation_list, CertificateError, raw)

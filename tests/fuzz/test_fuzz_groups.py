@@ -7,13 +7,11 @@ limit, AEAD) see hostile but authentic input. Outcomes: success or a sender_key.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzzing import fuzz, inputs, mutated, outcome, snapshot
+from fuzzing import fuzz, inputs, mutated, outcome, scratch_copy, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -57,9 +55,7 @@ def group(tmp_path_factory: Any) -> Group:
 
 
 def _on_copy(template: Path, fn: Any, *args: Any) -> bool:
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / "device"
-        shutil.copytree(template, directory)
+    with scratch_copy(template) as directory:
         groups = GroupSessions(str(directory), KEY, "pump-1")
         before = snapshot(directory)
         ok, _ = outcome(getattr(groups, fn), SenderKeyError, *args)

@@ -8,14 +8,12 @@ session.SessionError, certificate.CertificateError); a refused start stores noth
 """
 from __future__ import annotations
 
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzzing import fuzz, inputs, mutated, outcome, snapshot
+from fuzzing import fuzz, inputs, mutated, outcome, scratch_copy, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -91,9 +89,7 @@ def test_fuzz_keys_session_start(peers: Peers, data: st.DataObject) -> None:
     raw = data.draw(mutated(peers.bundles, _bundle_keys(peers)))
     if data.draw(st.booleans()):
         raw = peers.resigned(raw)
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / "device"
-        shutil.copytree(peers.template, directory)
+    with scratch_copy(peers.template) as directory:
         trust = TrustStore(str(directory), KEY)
         manager = session.SessionManager.open(str(directory), KEY, trust=trust)
         before = snapshot(directory)
