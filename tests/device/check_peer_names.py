@@ -1,5 +1,6 @@
 # Peers whose device ids are not record names (capitals, ".", over 32 characters) keep sessions
-# under hashed record names with an index (e2ee.protocol.session); on MicroPython and CPython.
+# under hashed record names ("_" + 30 hex digits) with an index (e2ee.protocol.session); on
+# MicroPython and CPython.
 #   check_peer_names.py <empty directory>      prints "ok peer names"
 import os
 import sys
@@ -16,7 +17,8 @@ for peer in ("Pump.B", long_id, "plain-id"):
 assert a.peers() == sorted(["Pump.B", long_id, "plain-id"]), a.peers()
 assert a.has_session("Pump.B") and a.has_session(long_id) and not a.has_session("pump.b")
 names = sorted(os.listdir(d + "/a/sessions"))
-assert "plain-id" in names and "peer-index" in names and "Pump.B" not in names, names
+assert "plain-id" in names and "_peers" in names and "Pump.B" not in names, names
+assert len([n for n in names if n[0] == "_" and len(n) == 31]) == 2, names
 reopened = SessionManager.open(d + "/a", bytes(32))
 assert reopened.peers() == a.peers()
 assert reopened.peer_identity(long_id) == (b.keystore.ik_pub, b.keystore.is_pub)

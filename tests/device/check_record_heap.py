@@ -17,8 +17,9 @@ from e2ee.protocol.store import MAX_RECORD
 
 KEY = bytes(range(32))
 HOLE = MAX_RECORD // 4
-# Bob's record: header (66), responder base key (32), the ratchet state with the §2 AD (128).
-MAX_SESSION_RECORD = 66 + 32 + ratchet.MAX_STATE_SIZE - (ratchet.MAX_AD_SIZE - 128)
+# Bob's record: header (66), responder base key (32), the ratchet state with the §2 AD (128), the
+# peer id "alice" and its length.
+MAX_SESSION_RECORD = 66 + 32 + ratchet.MAX_STATE_SIZE - (ratchet.MAX_AD_SIZE - 128) + 1 + len("alice")
 MICROPYTHON = sys.implementation.name == "micropython"
 
 

@@ -288,8 +288,10 @@ def peer_starts_over(root):
     bob.start("alice", alice.bundle())
     # The old state is archived byte for byte: flags 2 (responder), its base key and ratchet as
     # they were stored. The record: header, the new state's pending facts (40), the archive (2),
-    # the entry's header (3) with the old state's facts and ratchet, the new ratchet.
-    assert archived(bob, "alice") == [(2, None, before[66:98], before[98:])]
+    # the entry's header (3) with the old state's facts and ratchet, the new ratchet, the peer id
+    # and its length (6, at the end of both records).
+    assert archived(bob, "alice") == [(2, None, before[66:98], before[98:-6])]
+    assert before[-6:] == b"alice\x05" and bob.session_bytes("alice")[-6:] == b"alice\x05"
     new_ratchet = record(bob, "alice").states[0].ratchet_size()
     assert len(bob.session_bytes("alice")) == 66 + 40 + 2 + 3 + (len(before) - 66) + new_ratchet
     send(bob, "alice", b"new session", to_alice)
@@ -415,7 +417,8 @@ OLD_LATER = unhexlify(  # 77 bytes
 
 
 # Records of versions 1 and 2 (written by the session.py before the archive, kept above as
-# fixtures) load, decrypt and encrypt, and are written back in their own format.
+# fixtures) load, decrypt and encrypt, and are written back in their own format as version 4 (flag
+# 8, the peer id at the end).
 def old_formats(root):
     alice, bob = pair(root, 0)
     for name, fixture, facts in (("v1", OLD_RESPONDER, 66), ("v2", OLD_CERTIFIED, 66 + 24)):
@@ -424,29 +427,34 @@ def old_formats(root):
         assert bytes(bob.decrypt(name, OLD_LATER)) == b"later, from alice"
         assert is_prekey(OLD_FIRST) and not is_prekey(bob.encrypt(name, b"reply"))
         stored = bob.session_bytes(name)
-        assert stored[:facts + 32] == fixture[:facts + 32], "same format, flags, identity, base key"
+        assert stored[0] == fixture[0] and stored[1] == fixture[1] | 8, "same format and flags, + version 4"
+        assert stored[2:facts + 32] == fixture[2:facts + 32], "same identity, base key"
+        assert stored[-3:] == name.encode() + b"\x02", "version 4 ends with the peer id"
     assert bob.peer_certificate("v2") == (bytes(range(0xA0, 0xB0)), 4102444800)
     assert bob.peer_certificate("v1") is None
     alice._sessions.put("bob", OLD_PENDING)
     sent = envelope.decode(alice.encrypt("bob", b"again"))
-    assert bytes(sent.base_key) == OLD_PENDING[66:98] and alice.session_bytes("bob")[:2] == b"\x41\x01"
+    assert bytes(sent.base_key) == OLD_PENDING[66:98] and alice.session_bytes("bob")[:2] == b"\x41\x09"
     assert bytes(alice.decrypt("bob", OLD_REPLY)) == b"reply, from bob"
-    assert alice.session_bytes("bob")[:2] == b"\x41\x00", "answered: pending cleared"
+    assert alice.session_bytes("bob")[:2] == b"\x41\x08", "answered: pending cleared"
 
 
-# Version 3 records that do not parse raise BadRecord.
+# Version 3 and 4 records that do not parse raise BadRecord.
 def malformed_archives(root):
     alice, bob = pair(root)
     alice.start("bob", bob.bundle())
     alice.start("bob", bob.bundle())
     good = bytes(alice.session_bytes("bob"))
     at = 66 + 40  # flags 1 (pending): the archive follows the current state's pending facts
-    assert good[1] == 1 | 4 and good[at] == 0x43 and good[at + 1] == 1
+    assert good[1] == 1 | 4 | 8 and good[at] == 0x43 and good[at + 1] == 1
 
     def changed(i, data):
         return good[:i] + data + good[i + len(data):]
 
-    cases = [changed(1, b"\x0d"),  # an unknown flag (8)
+    cases = [changed(1, b"\x1d"),  # an unknown flag (16)
+             good[:-1] + b"\x00", good[:-1] + b"\x41",  # a peer id of 0 or 65 characters
+             good[:-4] + b"b/b\x03",  # a peer id that is no device id
+             good[:66] + b"\x30",  # a peer id longer than what is before it
              changed(at, b"\x44"),  # another archive format
              changed(at + 1, b"\x00"), changed(at + 1, b"\x03"),  # 0 or 3 archived states
              changed(at + 2, b"\x05"),  # an archived state with the archive flag

@@ -7,6 +7,7 @@ orders, late messages on archived states, the archive bound and MAX_RECORD, reco
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -73,3 +74,37 @@ def test_maximal_record_cpython(tmp_path):
                           capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH="%s:%s" % (ROOT / "firmware", DEVICE_TESTS)))
     assert proc.returncode == 0 and proc.stdout.strip() == "ok record heap", proc.stdout + proc.stderr
+
+
+# Issue 12, finding 2: ids that are not record names were stored under "p" + 30 hex digits of
+# SHA-256(id), itself an enrollable device id, and no load checked whose record it was: a fleet
+# member enrolled under the alias of Gateway.North that wrote first received what the board then
+# sent to Gateway.North, and Gateway.North could not start a session (UntrustedIdentity).
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_finding2_alias_record_name_cannot_take_over_session(runtime, micropython, tmp_path):
+    from e2ee.protocol.session import SessionManager
+    from e2ee.protocol.trust import TrustStore
+    from e2ee_host import fleet_ca
+
+    now, key = 1_800_000_000, bytes(range(32))
+    digest = hashlib.sha256(b"Gateway.North").hexdigest()[:30]
+    alias, new_alias = "p" + digest, "_" + digest
+    ca = fleet_ca.FileCAKeystore(tmp_path / "ca.json")
+    root, cases = tmp_path / "root", tmp_path / "cases"
+    cases.mkdir()
+    (cases / "now.bin").write_bytes(now.to_bytes(8, "big"))
+    for name, device_id in (("board", "board"), ("gateway", "Gateway.North"), ("mallory", alias),
+                            ("mallory2", new_alias)):
+        directory = str(root / name)
+        manager = SessionManager.create(directory, key, one_time=2)
+        trust = TrustStore(directory, key)
+        trust.set_ca_keys(ca.public_keys())
+        keys = (manager.keystore.ik_pub, manager.keystore.is_pub)
+        cert = fleet_ca.issue_certificate(ca, device_id=device_id, fleet="plant.north", identity_dh=keys[0],
+                                          identity_sign=keys[1], not_before=now - 86_400,
+                                          not_after=now + 86_400)
+        trust.set_certificate(cert, now, keys)
+        (cases / (name + ".bin")).write_bytes(cert)
+    out = run_device_script(runtime, micropython, "check_record_alias.py", str(root), str(cases), alias,
+                            new_alias)
+    assert out.strip() == "ok record alias", out

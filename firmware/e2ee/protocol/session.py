@@ -47,7 +47,15 @@ _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
 # Peer ids are device ids (docs/provisioning.md): 1..64 characters of A-Z a-z 0-9 . _ -, the
 # certificate's device_id rule (certificate.MAX_NAME).
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
-_INDEX = "peer-index"
+_MAX_ID = const(64)  # certificate.MAX_NAME
+# §6 "Record names": ids that are not direct record names are stored under "_" + 30 hex digits
+# of SHA-256(id) (120 bits: no second preimage), which no direct name can be (direct names never
+# start with "_"); _PEERS maps those names back to the ids. _OLD_INDEX is the index of the names
+# before finding 2 ("p" + hash, themselves valid device ids): SessionManager deletes the records
+# it lists, then it (see _drop_old_aliases). It stays out of the direct names.
+_PEERS = "_peers"
+_OLD_INDEX = "peer-index"
+_HASHED = "_"
 # Session record: format byte, flags, the peer's identity (IK.pub || IS.pub), in version 2 the
 # peer's certificate serial and not_after, the current state's X3DH facts per flag, in version 3
 # the archive, then the current ratchet state (ratchet.py). Version 1 (0x41, no certificate) is
@@ -55,6 +63,8 @@ _INDEX = "peer-index"
 # byte for byte, and read everywhere. Version 3 keeps the format byte (0x41 or 0x42: whether the
 # session is certified) and sets flag _ARCHIVE; its archive section starts with ARCHIVE_FORMAT.
 # Readers of versions 1 and 2 refuse the unknown flag (BadRecord) instead of misreading it.
+# Version 4 (flag _PEER, always written now) ends the record with the peer's device id and its
+# length byte: every load checks it against the id asked for (finding 2).
 RECORD_FORMAT = const(0x41)  # record kind 4, version 1: uncertified
 RECORD_FORMAT_CERTIFIED = const(0x42)  # record kind 4, version 2: + serial (16) || be64(not_after)
 ARCHIVE_FORMAT = const(0x43)  # record kind 4, version 3: the archive section (flag _ARCHIVE)
@@ -70,6 +80,7 @@ _CERTIFIED_SIZE = const(24)
 _PENDING = const(1)  # initiator not yet answered: keep sending PreKeyMessages (X3DH §3.3)
 _RESPONDER = const(2)  # session began from the initiator's base key stored after the flags
 _ARCHIVE = const(4)  # version 3: the archive section follows the current state's facts
+_PEER = const(8)  # version 4: peer id || u8 len(peer id) end the record
 _PENDING_SIZE = const(40)  # base_key (32) || be32(spk_id) || be32(opk_id)
 _ARCHIVE_HEADER = const(2)  # ARCHIVE_FORMAT || u8 count
 _ENTRY_HEADER = const(3)  # archived state: flags || be16 length of its ratchet state
@@ -98,6 +109,11 @@ class UntrustedIdentity(SessionError):
 
 # A stored session record that does not parse.
 class BadRecord(SessionError):
+    pass
+
+
+# A stored session record that holds another peer's sessions than the one asked for (finding 2).
+class WrongRecord(BadRecord):
     pass
 
 
@@ -220,7 +236,8 @@ def _read_archive(data, pos, states):
 # certificate, and its states: the current one first, then up to MAX_ARCHIVED_STATES earlier
 # ones, the most recently archived first.
 class _Record:
-    def __init__(self, peer_ik, peer_is, states, serial=None, not_after=0):
+    def __init__(self, peer_ik, peer_is, states, serial=None, not_after=0, peer_id=None):
+        self.peer_id = peer_id  # the peer's device id (str); None in records of versions 1-3
         self.peer_ik = peer_ik
         self.peer_is = peer_is
         self.states = states  # _States; states[0] is current: every encrypt() uses it
@@ -259,7 +276,8 @@ class _Record:
         states = self.states
         current = states[0]
         certified = _CERTIFIED_SIZE if self.serial else 0
-        size = 2 + 2 * _KEY + certified + current.facts_size() + current.ratchet_size()
+        size = (2 + 2 * _KEY + certified + current.facts_size() + current.ratchet_size()
+                + 1 + len(self.peer_id))
         while len(states) > 1 and size + self._archive_size() > MAX_RECORD:
             del states[-1]
         return size + self._archive_size()
@@ -270,14 +288,14 @@ class _Record:
         self.write_into(out)
         return out
 
-    # Writes the record into `out` (a buffer of at least fit() bytes, e.g. the record store's
-    # buffer: see SessionManager._save), once fit() has run.
+    # Writes the record into `out` (a buffer of exactly fit() bytes, e.g. the record store's
+    # buffer: see SessionManager._save), once fit() has run and peer_id is set.
     def write_into(self, out):
         states = self.states
         current = states[0]
         certified = _CERTIFIED_SIZE if self.serial else 0
         out[0] = RECORD_FORMAT_CERTIFIED if certified else RECORD_FORMAT
-        out[1] = current.flags() | (_ARCHIVE if len(states) > 1 else 0)
+        out[1] = current.flags() | (_ARCHIVE if len(states) > 1 else 0) | _PEER
         out[2:34] = self.peer_ik
         out[34:66] = self.peer_is
         pos = 66
@@ -293,18 +311,33 @@ class _Record:
             for state in states[1:]:
                 struct.pack_into(">BH", out, pos, state.flags(), state.ratchet_size())
                 pos = state.write_ratchet(out, state.write_facts(out, pos + _ENTRY_HEADER))
-        current.write_ratchet(out, pos)
+        pos = current.write_ratchet(out, pos)
+        peer_id = self.peer_id.encode()
+        out[pos : pos + len(peer_id)] = peer_id
+        out[pos + len(peer_id)] = len(peer_id)
 
-    # Reads versions 1, 2 and 3. Archived ratchet states stay serialized until used.
+    # Reads versions 1 to 4. Archived ratchet states stay serialized until used.
     @classmethod
     def from_bytes(cls, data, rng=None):
         fmt = data[0] if len(data) else 0
         certified = _CERTIFIED_SIZE if fmt == RECORD_FORMAT_CERTIFIED else 0
         if (len(data) < 66 + certified or (fmt != RECORD_FORMAT and not certified)
-                or data[1] & ~(_PENDING | _RESPONDER | _ARCHIVE)):
+                or data[1] & ~(_PENDING | _RESPONDER | _ARCHIVE | _PEER)):
             raise BadRecord("session record has an unknown format or flags")
         flags = data[1]
         data = memoryview(data)
+        peer_id = None
+        if flags & _PEER:  # version 4: the record ends with peer id || u8 its length
+            size = data[-1]
+            end = len(data) - 1 - size
+            if not 0 < size <= _MAX_ID or end < 66 + certified:
+                raise BadRecord("session record has a malformed peer id")
+            peer_id = bytes(data[end:-1])
+            for b in peer_id:
+                if chr(b) not in _ID_CHARS:
+                    raise BadRecord("session record has a malformed peer id")
+            peer_id = peer_id.decode()
+            data = data[:end]
         pos = 66
         serial = None
         not_after = 0
@@ -318,7 +351,7 @@ class _Record:
             pos = _read_archive(data, pos, states)
         states[0] = _State(data[pos:], pending, base_key)
         states[0].session(rng)
-        return cls(bytes(data[2:34]), bytes(data[34:66]), states, serial, not_after)
+        return cls(bytes(data[2:34]), bytes(data[34:66]), states, serial, not_after, peer_id)
 
 
 class SessionManager:
@@ -330,6 +363,8 @@ class SessionManager:
         self._rng = rng
         self._keys = RecordStore(directory + "/keys", "keys", storage_key)
         self._sessions = RecordStore(directory + "/sessions", "sessions", storage_key)
+        if _OLD_INDEX in self._sessions.names():
+            self._drop_old_aliases()
         self.keystore = keystore
         self.trust = trust
         if trust is not None and trust.certificate is not None:
@@ -359,35 +394,57 @@ class SessionManager:
     def bundle(self, opk_id=None):
         return self.keystore.bundle(opk_id)
 
-    # Device ids may hold capitals and "." (docs/provisioning.md); record names may not
-    # (store.py): such peers are stored under "p" + 30 hex digits of SHA-256(id), and an index
-    # record maps those names back to the ids.
+    # §6 "Record names": a device id that is a record name (store.py: a-z 0-9 _ -, at most 32)
+    # and does not start with "_" names its record directly; any other id (capitals, ".", longer,
+    # a leading "_") is stored under "_" + 30 hex digits of SHA-256(id), a name no direct id can
+    # take (finding 2: the "p" + hash names before were enrollable ids). The record holds the id
+    # too, and every load checks it (_find).
     def _name(self, peer):
         _check_peer_id(peer)
-        if len(peer) <= _MAX_NAME and peer != _INDEX and all(c in _NAME_CHARS for c in peer):
+        if (len(peer) <= _MAX_NAME and peer[0] != _HASHED and peer != _OLD_INDEX
+                and all(c in _NAME_CHARS for c in peer)):
             return peer
-        return "p" + hexlify(hashlib.sha256(peer.encode()).digest()[:15]).decode()
+        return _HASHED + hexlify(hashlib.sha256(peer.encode()).digest()[:15]).decode()
 
     def _index(self):
         try:
-            return json.loads(self._sessions.get(_INDEX))
+            return json.loads(self._sessions.get(_PEERS))
         except NotFound:
             return {}
 
+    # Records under the names of before finding 2: a "p" + hash record cannot be told from one a
+    # device enrolled under that name wrote (both are valid ids, and a takeover wrote such records
+    # under the other id), so none is migrated: the records the old index lists are deleted, then
+    # the index (a power cut in between repeats this at the next open). Those peers start new
+    # sessions (NoSession until then). Records at direct names carry no alias: every alias record
+    # was listed in the old index before it was written.
+    def _drop_old_aliases(self):
+        for name in json.loads(self._sessions.get(_OLD_INDEX)):
+            try:
+                self._sessions.delete(name)
+            except NotFound:
+                pass
+        self._sessions.delete(_OLD_INDEX)
+
+    # The peer ids of the stored sessions. A record at a hashed name without an index entry is
+    # skipped (one of versions 1-3 that an id with a leading "_" wrote under its own name: such
+    # an id is hashed now, and starts a new session).
     def peers(self):
         index = None
         out = []
         for name in self._sessions.names():
-            if name == _INDEX:
+            if name == _PEERS:
                 continue
-            if len(name) == 31 and name[0] == "p":  # possibly a hashed name
+            if name[0] == _HASHED:
                 index = self._index() if index is None else index
-                name = index.get(name, name)
+                name = index.get(name)
+                if name is None:
+                    continue
             out.append(name)
         return sorted(out)
 
     def has_session(self, peer):
-        return self._name(peer) in self._sessions.names()
+        return self._find(peer) is not None
 
     # The peer's identity (IK.pub, IS.pub) as bound to this session.
     def peer_identity(self, peer):
@@ -410,12 +467,20 @@ class SessionManager:
         return record
 
     # The peer's record, or None. It is parsed straight from the store's record buffer (no copy
-    # of the whole record).
+    # of the whole record). A record of version 4 must hold `peer` (else WrongRecord); one of
+    # versions 1-3 holds no id and counts only at a direct name (written by that id: see
+    # _drop_old_aliases); at a hashed name it is not this peer's and counts as none.
     def _find(self, peer):
+        name = self._name(peer)
         try:
-            return self._sessions.get_with(self._name(peer), self._parse)
+            record = self._sessions.get_with(name, self._parse)
         except NotFound:
             return None
+        if record.peer_id is None:
+            return record if name == peer else None
+        if record.peer_id != peer:
+            raise WrongRecord("session record for %s holds another peer's sessions" % peer)
+        return record
 
     def _parse(self, data):
         return _Record.from_bytes(data, self._rng)
@@ -426,7 +491,8 @@ class SessionManager:
             index = self._index()
             if index.get(name) != peer:
                 index[name] = peer
-                self._sessions.put(_INDEX, json.dumps(index).encode())
+                self._sessions.put(_PEERS, json.dumps(index).encode())
+        record.peer_id = peer
         # Serialized straight into the store's record buffer and encrypted there: saving a
         # MAX_RECORD record needs no record-sized allocation.
         self._sessions.put_with(name, record.fit(), record.write_into)
@@ -441,7 +507,11 @@ class SessionManager:
 
     # With a TrustStore: refuses an established session whose peer is uncertified, revoked on the
     # current list, or expired (by now, or by the list's signing time). Changes nothing.
+    # The record's peer id is the device id its certificate was verified for (trust.verify_peer),
+    # so comparing it with `peer` compares the certificate's device id (finding 2).
     def _check_peer(self, peer, record, now):
+        if record.peer_id is not None and record.peer_id != peer:
+            raise WrongRecord("session record for %s holds another peer's sessions" % peer)
         trust = self.trust
         if trust is None:
             return
@@ -580,10 +650,10 @@ class SessionManager:
         return plaintext
 
 
-# Raises BadPeerId unless `peer` is a device id: 1..certificate.MAX_NAME characters of _ID_CHARS.
+# Raises BadPeerId unless `peer` is a device id: 1.._MAX_ID characters of _ID_CHARS.
 def _check_peer_id(peer):
-    if not isinstance(peer, str) or not 0 < len(peer) <= certificate.MAX_NAME:
-        raise BadPeerId("peer id must be 1..%d characters" % certificate.MAX_NAME)
+    if not isinstance(peer, str) or not 0 < len(peer) <= _MAX_ID:
+        raise BadPeerId("peer id must be 1..%d characters" % _MAX_ID)
     for c in peer:
         if c not in _ID_CHARS:
             raise BadPeerId("peer id may hold only A-Z a-z 0-9 . _ -")
