@@ -443,8 +443,11 @@ class SessionManager:
             out.append(name)
         return sorted(out)
 
+    # True when a record of `peer` is stored (without reading it: a hashed name counts when the
+    # index names `peer` for it, which a record of versions 1-3 left there never has).
     def has_session(self, peer):
-        return self._find(peer) is not None
+        name = self._name(peer)
+        return name in self._sessions.names() and (name == peer or self._index().get(name) == peer)
 
     # The peer's identity (IK.pub, IS.pub) as bound to this session.
     def peer_identity(self, peer):

@@ -10,6 +10,7 @@ from micropython import const
 
 from e2ee.crypto import ed25519_scalar as _scalar
 from e2ee.crypto._viper import fe25519 as fe
+from e2ee.crypto._viper.sha512 import SHA512 as _SHA512
 from e2ee.crypto._viper.sha512 import sha512 as _sha512
 
 _execute = fe.execute
@@ -405,7 +406,12 @@ def verify(public, msg, sig):
     if not _decode(public):
         return False
     fe.run(ws, _MAKE_A_TABLE)
-    k = _scalar.reduce64(_sha512(R + bytes(public) + bytes(msg)))
+    # SHA-512(R || A || M) streamed: no copy of M (a revocation list is 9 KB, twice on a heap
+    # that may not hold one such block twice)
+    h = _SHA512(R)
+    h.update(public)
+    h.update(msg)
+    k = _scalar.reduce64(h.digest())
     top_s = _naf4(_digits_s, S)
     top_k = _naf4(_digits_k, _scalar.to_bytes32(k))
     _double_scalar(ws, _digits_s, _digits_k, max(top_s, top_k))
