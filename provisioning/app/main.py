@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from e2ee_host.fleet_ca import FileCAKeystore
 from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, groups, health, keys, links, me, metrics, relay, revocations
 from e2ee_provisioning.core.authority import ensure_revocation_list
+from e2ee_provisioning.core.bodylimit import BodyLimit, RouteLimit
 from e2ee_provisioning.core.blobstore import make_blob_store
 from e2ee_provisioning.core.relay import RelayBridge
 from e2ee_provisioning.core.broker import BrokerAdmin
@@ -61,4 +63,15 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     app.state.blobs = make_blob_store(settings)
     for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links, relay, groups):
         app.include_router(module.router)
+    # every body capped while it streams in, before any route reads it (finding 9, D19)
+    app.add_middleware(BodyLimit, default=settings.max_upload_bytes, routes=_body_limits(settings))
     return app
+
+
+def _body_limits(settings: Settings) -> list[RouteLimit]:
+    """Routes whose bodies may be larger than E2EE_PROV_MAX_UPLOAD_BYTES: the backup upload
+    (E2EE_PROV_MAX_BACKUP_BYTES), found by its endpoint so a changed path cannot lose the cap
+    (the routers are included without a prefix: their paths are the app's)."""
+    larger = {backups.put_backup: settings.max_backup_bytes}
+    return [RouteLimit(frozenset(route.methods), route.path_regex, larger[route.endpoint])
+            for route in backups.router.routes if isinstance(route, APIRoute) and route.endpoint in larger]

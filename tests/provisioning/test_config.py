@@ -92,7 +92,8 @@ def test_finding12_the_service_command_refuses_to_start_on_defaults(tmp_path: Pa
     assert DEFAULT_OPERATOR_KEY not in message and "Traceback" not in message and not out
     assert not (tmp_path / "provisioning-data").exists()  # refused before touching any state
     # the opt-in starts it, and the development key is an operator's there
-    with ServiceProcess(tmp_path / "dev.log", data_dir=tmp_path / "dev", environment="development") as service:
+    dev = ServiceProcess(tmp_path / "dev.log", data_dir=tmp_path / "dev", environment="development")
+    with dev as service:
         r = httpx.get(service.url + "/claims", headers={"X-API-Key": DEFAULT_OPERATOR_KEY})
         assert r.status_code == 200, r.text
 
