@@ -80,7 +80,7 @@ def mutated(draw: st.DrawFn, valid: Sequence[bytes], keys: Sequence[bytes] = ())
             to = draw(st.integers(0, size))
             data[to:to] = data[at:end]
         elif op == 7 and size >= 32:  # a 32-byte window becomes a known or interesting key
-            start = draw(st.integers(0, size - 32))
+            start = draw(st.sampled_from((0, size - 32)) | st.integers(0, size - 32))  # keys often end one
             data[start:start + 32] = draw(st.sampled_from(tokens))
         elif op == 8 and size:  # a varint byte at an edge (length or tag made long, short, huge)
             data[at] = draw(st.sampled_from((0x80, 0xFF, 0x7F, 0x00)))

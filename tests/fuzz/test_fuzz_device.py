@@ -1,0 +1,77 @@
+"""Fuzz target on the boards' runtime: tests/device/fuzz_decoders.py runs every device-side
+network decoder (envelope, certificates, revocation lists into a trust store, prekey bundles,
+sender key distributions and group messages, link payloads, inbox frames, MQTT packets, and
+PreKey/Ratchet messages through certified sessions in three states) under the MicroPython unix
+port with a 256 KB heap, fed seeded mutations of the valid inputs written here. Rounds:
+E2EE_FUZZ_DEVICE_ROUNDS (default 3 x E2EE_FUZZ_EXAMPLES); seed: E2EE_FUZZ_SEED (default random,
+printed on failure). scripts/fuzz runs many seeds with many more rounds.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_fuzz_envelope
+import test_fuzz_linking
+import test_fuzz_transport
+import vectorfile
+from fuzzing import EXAMPLES, INTERESTING_KEYS
+from support import DEVICE_TESTS
+from test_fuzz_certificate import Fleet
+from test_fuzz_groups import Group
+from test_fuzz_session import Pair
+
+from e2ee.protocol.keys import KeyStore
+
+ROUNDS = int(os.environ.get("E2EE_FUZZ_DEVICE_ROUNDS", str(3 * EXAMPLES)))
+HEAP = "256K"  # the protocol tests' heap (tests/protocol/conftest.py): the SDK's bytecode sits in it
+
+
+def build_cases(root: Path) -> Path:
+    """Seeds and device directories for fuzz_decoders.py (its header names them)."""
+    cases = root / "cases"
+    cases.mkdir()
+    fleet, group, pair = Fleet(root / "fleet"), Group(root / "group"), Pair(root / "pair")
+    shutil.copytree(fleet.template, cases / "trust")
+    shutil.copytree(group.template, cases / "group")
+    for name, path in (("pump-fresh", pair.pump_fresh), ("gw-pending", pair.gw_pending),
+                       ("pump-after", pair.pump_after)):
+        shutil.copytree(path, cases / name)
+    (cases / "ca-keys.bin").write_bytes(b"".join(fleet.ca_keys))
+    peer = KeyStore.generate(2)
+    seeds: dict[str, list[bytes]] = {
+        "envelope": test_fuzz_envelope.SEEDS[:12],
+        "certificate": fleet.certificates(),
+        "crl": fleet.lists(),
+        "bundle": [peer.bundle().to_bytes(), peer.bundle(peer.one_time_prekey_ids()[0]).to_bytes()],
+        "distribution": group.distributions,
+        "group": group.messages[2:],
+        "link": test_fuzz_linking.RAW,
+        "frame": test_fuzz_transport.FRAMES,
+        "mqtt": test_fuzz_transport.STREAMS,
+        "prekey": pair.prekeys,
+        "answer": pair.answers,
+        "ratchet": pair.ratchets + pair.prekeys,
+        "key": pair.keys + fleet.ca_keys + list(INTERESTING_KEYS),
+    }
+    recs: list[dict[str, Any]] = [{"id": name, "data": data}
+                                  for name, values in seeds.items() for data in values]
+    vectorfile.write(str(cases / "seeds.txt"), "Seeds of tests/device/fuzz_decoders.py (test_fuzz_device.py).",
+                     recs)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: Any) -> Path:
+    return build_cases(tmp_path_factory.mktemp("device-fuzz"))
+
+
+def test_fuzz_device_decoders_micropython(micropython: Any, cases: Path) -> None:
+    seed = int(os.environ.get("E2EE_FUZZ_SEED") or random.randrange(1, 2**31))
+    out = micropython.run(DEVICE_TESTS / "fuzz_decoders.py", str(cases), str(seed), str(ROUNDS),
+                          heapsize=HEAP)
+    assert out.splitlines()[-1] == "ok fuzz %d" % ROUNDS, "seed %d: %s" % (seed, out)
