@@ -313,7 +313,7 @@ def approve_link_from_board(port: str, url: str, payload: str, owner: str, *, co
     signs the approval; the host only carries bytes (rendezvous, service)."""
     from e2ee.protocol import certificate, keys, linking
     from e2ee_host.client import ServiceClient
-    from e2ee_host.linking import LinkRefused, fetch_slot, put_slot
+    from e2ee_host.linking import LinkRefused, answer_consent, fetch_slot, put_slot
     offer = linking.Offer.parse(payload)
     service = ServiceClient(url)
     try:
@@ -335,11 +335,11 @@ def approve_link_from_board(port: str, url: str, payload: str, owner: str, *, co
             answer_data = fetch_slot(service, offer.rendezvous(), "answer", timeout)
             answer = json.loads(bytes.fromhex(board.call("__import__('json').dumps(_e2ee_link.open_answer(%r).hex())"
                                                          % answer_data)))
-            if answer.get("device_id") != offer.device_id or not answer.get("accept"):
-                raise LinkRefused("the new device declined")
+            consent = answer_consent(answer, offer)
             signature = board.call(_agent("sign_approval(%r, %r, %r)" % (owner, offer.device_id, offer.fingerprint.hex())))
             body = json.dumps({"owner": owner, "device_id": offer.device_id,
-                               "fingerprint": base64.b64encode(offer.fingerprint).decode(), "approval": signature})
+                               "fingerprint": base64.b64encode(offer.fingerprint).decode(),
+                               "approval": signature, "consent": consent})
             result = _board_signed(board, service, "POST", "/links", body.encode())
     finally:
         service.close()

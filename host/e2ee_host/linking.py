@@ -17,7 +17,8 @@ from typing import Any
 from e2ee.protocol import certificate, keys, linking
 from e2ee_host.client import ApiError, DeviceClient, ServiceClient
 
-__all__ = ["LinkRefused", "NewDeviceLink", "approve", "fetch_slot", "put_slot", "qr_png", "qr_text"]
+__all__ = ["LinkRefused", "NewDeviceLink", "answer_consent", "approve", "fetch_slot", "put_slot", "qr_png",
+           "qr_text"]
 
 
 class LinkRefused(linking.LinkError):
@@ -63,13 +64,21 @@ def approve(primary: DeviceClient, payload: str, owner: str, *, trusted_keys: Se
     if not confirm(channel.check_code):
         raise LinkRefused("the check codes differ: someone else answered the QR code")
     answer = json.loads(channel.open_answer(fetch_slot(primary, offer.rendezvous(), "answer", timeout)))
-    if answer.get("device_id") != offer.device_id or not answer.get("accept"):
-        raise LinkRefused("the new device declined")
+    consent = answer_consent(answer, offer)
     signature = primary.keystore.sign(linking.approval_message(owner, offer.device_id, offer.fingerprint))
     body = {"owner": owner, "device_id": offer.device_id, "fingerprint": base64.b64encode(offer.fingerprint).decode(),
-            "approval": base64.b64encode(signature).decode()}
+            "approval": base64.b64encode(signature).decode(), "consent": consent}
     result = primary.signed("POST", "/links", json.dumps(body).encode())
     return {**result, "check_code": channel.check_code}
+
+
+def answer_consent(answer: dict[str, Any], offer: linking.Offer) -> str:
+    """The new device's consent (base64) from its opened answer; LinkRefused when it declined or
+    sent none. The service checks the signature (docs/linking.md §2-§3)."""
+    consent = answer.get("consent")
+    if answer.get("device_id") != offer.device_id or not answer.get("accept") or not isinstance(consent, str):
+        raise LinkRefused("the new device declined")
+    return consent
 
 
 def qr_text(payload: str) -> str:
@@ -104,7 +113,14 @@ class NewDeviceLink:
         return self.channel.check_code
 
     def accept(self) -> None:
+        """Answers the primary with this device's consent: its signature over the owner and the
+        primary the (check-code confirmed) offer named, and its own fingerprint."""
         if self.channel is None:
             raise LinkRefused("no offer from a primary yet")
-        answer = json.dumps({"accept": True, "device_id": self.client.device_id}).encode()
+        owner, primary = self.hello.get("owner"), self.hello.get("primary")
+        if not isinstance(owner, str) or not isinstance(primary, str):
+            raise LinkRefused("the primary's offer names no owner or primary")
+        consent = self.client.keystore.sign(linking.consent_message(owner, primary, self.offer.fingerprint))
+        answer = json.dumps({"accept": True, "device_id": self.client.device_id,
+                             "consent": base64.b64encode(consent).decode()}).encode()
         put_slot(self.client, self.offer.rendezvous(), "answer", self.channel.seal_answer(answer))

@@ -427,6 +427,9 @@ class LinkApproval(BaseModel):
     fingerprint: Annotated[B64Bytes, Field(min_length=16, max_length=16)]
     # Ed25519 by the primary's IS over e2ee.protocol.linking.approval_message(owner, device_id, fingerprint)
     approval: Annotated[B64Bytes, Field(min_length=64, max_length=64)]
+    # Ed25519 by the new device's IS over e2ee.protocol.linking.consent_message(owner, primary's
+    # device id, the new device's fingerprint): the new device agrees (issue 12, finding 5)
+    consent: Annotated[B64Bytes, Field(min_length=64, max_length=64)]
 
 
 class DeviceIdentity(BaseModel):

@@ -5,16 +5,19 @@
 #   offer <device_id> <fleet>   -> payload <QR text> <rendezvous hex>
 #   answer <offer-slot hex>     -> code <6 digits> <primary hello JSON hex> <sealed answer hex>
 #                                  | refused <ErrorClass>
+# The answer carries the device's consent: its IS signature over linking.consent_message(owner,
+# primary, its fingerprint), with the owner and primary the offer named (docs/linking.md §2).
 import json
 import sys
-from binascii import hexlify, unhexlify
+from binascii import b2a_base64, hexlify, unhexlify
 
 from e2ee.protocol import linking
 from e2ee.protocol.keys import KeyStore
 from e2ee.protocol.store import RecordStore
 
 store = RecordStore(sys.argv[1] + "/keys", "keys", unhexlify(sys.argv[2]))
-fingerprint = KeyStore.from_bytes(store.get("keystore")).fingerprint()
+keystore = KeyStore.from_bytes(store.get("keystore"))
+fingerprint = keystore.fingerprint()
 offer = None
 print("ready")
 while True:
@@ -33,5 +36,8 @@ while True:
         except linking.LinkError as e:
             print("refused", type(e).__name__)
             continue
-        sealed = channel.seal_answer(json.dumps({"accept": True, "device_id": offer.device_id}).encode())
+        named = json.loads(hello.decode())
+        consent = keystore.sign(linking.consent_message(named["owner"], named["primary"], fingerprint))
+        sealed = channel.seal_answer(json.dumps({"accept": True, "device_id": offer.device_id,
+                                                 "consent": b2a_base64(consent).strip().decode()}).encode())
         print("code", channel.check_code, hexlify(hello).decode(), hexlify(sealed).decode())

@@ -143,10 +143,12 @@ def test_link_refusals(live_server, tmp_path) -> None:  # type: ignore[no-untype
 
     fp = new.keystore.fingerprint()
     good = linking.approval_message(OWNER, "acme-sensor", fp)
+    consent = new.keystore.sign(linking.consent_message(OWNER, "acme-phone", fp))
 
     def post(client: DeviceClient, owner: str, signature: bytes, fingerprint: bytes = fp) -> int:
         body = {"owner": owner, "device_id": "acme-sensor", "fingerprint": base64.b64encode(fingerprint).decode(),
-                "approval": base64.b64encode(signature).decode()}
+                "approval": base64.b64encode(signature).decode(),
+                "consent": base64.b64encode(consent).decode()}
         try:
             client.signed("POST", "/links", json.dumps(body).encode())
         except ApiError as e:
@@ -168,3 +170,44 @@ def test_link_refusals(live_server, tmp_path) -> None:  # type: ignore[no-untype
     sealed[0] ^= 1
     with pytest.raises(linking.ChannelError):
         offer.channel(ephemeral).open_offer(bytes(sealed))
+
+
+def test_finding5_a_link_needs_the_new_devices_consent(live_server):  # type: ignore[no-untyped-def]
+    """A device of owner acme tries to adopt an owner-less device that never agreed (then it
+    could revoke it for good): without the new device's signature over (owner, primary, its
+    fingerprint), or with one for another owner or primary, nothing is recorded."""
+    url = live_server.url
+    op = OperatorClient(url, OPERATOR_KEY)
+    adopter = _host(url, op, "acme-phone", owner=OWNER)
+    _host(url, op, "acme-laptop", owner=OWNER)  # another primary of acme
+    victim = _host(url, op, "line-sensor")
+    fp = victim.keystore.fingerprint()
+    approval = base64.b64encode(adopter.keystore.sign(linking.approval_message(OWNER, "line-sensor", fp)))
+
+    def post(consent: bytes | None) -> int:
+        body = {"owner": OWNER, "device_id": "line-sensor", "fingerprint": base64.b64encode(fp).decode(),
+                "approval": approval.decode()}
+        if consent is not None:
+            body["consent"] = base64.b64encode(consent).decode()
+        try:
+            adopter.signed("POST", "/links", json.dumps(body).encode())
+        except ApiError as e:
+            return e.status
+        return 201
+
+    refused = {
+        "none": None,
+        "by the adopter": adopter.keystore.sign(linking.consent_message(OWNER, "acme-phone", fp)),
+        "for another primary": victim.keystore.sign(linking.consent_message(OWNER, "acme-laptop", fp)),
+        "for another owner": victim.keystore.sign(linking.consent_message("globex", "acme-phone", fp)),
+        "an approval": victim.keystore.sign(linking.approval_message(OWNER, "line-sensor", fp)),
+    }
+    for case, consent in refused.items():
+        assert post(consent) in (403, 422), case
+        assert [d["device_id"] for d in op.list_devices(owner=OWNER)] == ["acme-phone", "acme-laptop"], case
+        with pytest.raises(ApiError) as e:  # not adopted: the adopter cannot revoke it
+            adopter.signed("POST", "/owners/%s/devices/line-sensor/revoke" % OWNER, b"{}")
+        assert e.value.status == 404, case
+    assert post(victim.keystore.sign(linking.consent_message(OWNER, "acme-phone", fp))) == 201
+    assert op.device("line-sensor")["owner"] == OWNER
+

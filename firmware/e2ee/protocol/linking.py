@@ -14,7 +14,9 @@
 #   each key seals exactly one message, with nonce 0 and AD = "e2ee-iot link v1"
 # Rendezvous (where the service holds the two messages): hex of the first 16 bytes of
 #   HKDF-SHA256(secret, none, "e2ee-iot link rendezvous v1", 16): only QR holders know it.
-# The primary's message is e_primary (32) || sealed offer; the new device's is the sealed answer.
+# The primary's message is e_primary (32) || sealed offer; the new device's is the sealed answer,
+# which carries the new device's consent: its IS signature over consent_message(owner, primary,
+# its fingerprint), without which the service records no link (issue 12, finding 5).
 from e2ee import crypto
 from e2ee.crypto.errors import CryptoError, InvalidTag
 
@@ -32,6 +34,7 @@ KEY_SIZE = const(32)
 MAX_NAME = const(64)
 MAX_MESSAGE = const(2048)  # sealed channel messages (identities, certificates)
 APPROVAL_LABEL = b"e2ee-iot link approval v1"
+CONSENT_LABEL = b"e2ee-iot link consent v1"
 _INFO = b"e2ee-iot link v1"
 _RENDEZVOUS_INFO = b"e2ee-iot link rendezvous v1"
 _NONCE = bytes(12)
@@ -220,3 +223,12 @@ class Channel:
 def approval_message(owner, device_id, fingerprint):
     o, d = _name("owner", owner), _name("device id", device_id)
     return b"".join((APPROVAL_LABEL, bytes((0, len(o))), o, bytes((len(d),)), d, bytes(fingerprint)))
+
+
+# What the new device signs to consent to joining `owner` through `primary` (docs/linking.md §2);
+# `fingerprint` is its own. The label keeps it from ever passing as an approval or a request.
+def consent_message(owner, primary, fingerprint):
+    o, p = _name("owner", owner), _name("primary", primary)
+    if len(fingerprint) != FINGERPRINT_SIZE:
+        raise BadPayload("fingerprint must be %d bytes" % FINGERPRINT_SIZE)
+    return b"".join((CONSENT_LABEL, bytes((0, len(o))), o, bytes((len(p),)), p, bytes(fingerprint)))

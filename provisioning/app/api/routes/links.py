@@ -1,6 +1,7 @@
 """Linking devices to their owner (docs/linking.md): the rendezvous that relays the two sealed
-messages of the QR linking channel, the link recorded with the primary's signed approval, the
-owner's device list that senders fan out to, and revocation from the owner's side."""
+messages of the QR linking channel, the link recorded with the primary's signed approval and the
+new device's signed consent, the owner's device list that senders fan out to, and revocation from
+the owner's side."""
 from __future__ import annotations
 
 import logging
@@ -85,7 +86,8 @@ def _belongs(session: Session, device: Device, owner: str) -> bool:
 
 @router.post("/links", status_code=status.HTTP_201_CREATED)
 def post_link(body: LinkApproval, auth: DeviceAuth, session: SessionDep) -> dict[str, str]:
-    """The owner's primary (a device of that owner) records a link, with its signature."""
+    """The owner's primary (a device of that owner) records a link, with its signature and the
+    new device's consent (docs/linking.md §3)."""
     primary = auth.device
     if not _belongs(session, primary, body.owner):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only a device of owner %s approves its links" % body.owner)
@@ -106,6 +108,12 @@ def post_link(body: LinkApproval, auth: DeviceAuth, session: SessionDep) -> dict
                               body.approval)
     except CryptoError:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "approval signature does not verify")
+    # the new device's own consent to this owner and this primary (issue 12, finding 5)
+    try:
+        crypto.ed25519_verify(device.is_pub, linking.consent_message(body.owner, primary.device_id,
+                                                                     body.fingerprint), body.consent)
+    except CryptoError:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the new device's consent does not verify")
     if session.scalar(select(Link.id).where(Link.device_pk == device.id)) is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, "device is already linked")
     if device.owner and device.owner != body.owner:
