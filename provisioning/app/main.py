@@ -12,6 +12,7 @@ from e2ee_host.fleet_ca import FileCAKeystore
 from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, groups, health, keys, links, me, metrics, relay, revocations
 from e2ee_provisioning.core.authority import ensure_revocation_list
 from e2ee_provisioning.core.bodylimit import BodyLimit, RouteLimit
+from e2ee_provisioning.core.urlguard import RefuseNul
 from e2ee_provisioning.core.blobstore import make_blob_store
 from e2ee_provisioning.core.relay import RelayBridge
 from e2ee_provisioning.core.broker import BrokerAdmin
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links, relay, groups):
         app.include_router(module.router)
     # every body capped while it streams in, before any route reads it (finding 9, D19)
+    app.add_middleware(RefuseNul)  # no NUL reaches a query (finding 11)
     app.add_middleware(BodyLimit, default=settings.max_upload_bytes, routes=_body_limits(settings))
     return app
 

@@ -38,6 +38,9 @@ MAX_ROLES = 8  # as in certificates (e2ee.protocol.certificate.MAX_ROLES)
 ROLE_MAX = 32
 MAX_BOARD_UID = 32  # e2ee.protocol.enrollment.MAX_BOARD_UID
 PIN_MIN, PIN_MAX = 4, 64
+# Free text (labels, reasons, tokens, PINs) carries no NUL: PostgreSQL's text columns cannot hold
+# one, so it was a 500 there (issue 12, finding 11); refused with 422 on both engines.
+NO_NUL = r"^[^\x00]*$"
 
 
 def utcnow() -> datetime:
@@ -276,7 +279,7 @@ class DevicePublic(DeviceBase):
 
 class ClaimBase(BaseModel):
     fleet: FleetStr
-    label: str = Field("", max_length=128)
+    label: str = Field("", max_length=128, pattern=NO_NUL)
     quota: int = Field(1, ge=1, le=MAX_CLAIM_QUOTA, description="enrollments one token allows (1: single-use)")
     owner: OwnerStr = Field("", description="owner the enrolled devices belong to (device list per owner)")
     roles: list[RoleStr] = Field(default_factory=list, max_length=MAX_ROLES,
@@ -342,7 +345,7 @@ class ChallengePublic(BaseModel):
 
 class EnrollmentRequest(BaseModel):
     """POST /enroll: e2ee.protocol.enrollment.enrollment_fields() plus the claim and names."""
-    claim_token: str = Field(min_length=16, max_length=128)
+    claim_token: str = Field(min_length=16, max_length=128, pattern=NO_NUL)
     challenge: Key32
     device_id: DeviceIdStr
     fleet: FleetStr
@@ -352,7 +355,7 @@ class EnrollmentRequest(BaseModel):
     board_uid: Annotated[B64Bytes, Field(min_length=1, max_length=MAX_BOARD_UID)] | None = None
     evidence: Key32 | None = None
     # the PIN of the registration lock, when re-enrolling a locked identity
-    registration_lock_pin: str | None = Field(None, min_length=PIN_MIN, max_length=PIN_MAX)
+    registration_lock_pin: str | None = Field(None, min_length=PIN_MIN, max_length=PIN_MAX, pattern=NO_NUL)
 
 
 class MqttCredentials(BaseModel):
@@ -379,7 +382,7 @@ class EnrollmentResult(BaseModel):
 
 
 class RevokeRequest(BaseModel):
-    reason: str = Field("", max_length=128)
+    reason: str = Field("", max_length=128, pattern=NO_NUL)
 
 
 class RevocationListPublic(BaseModel):
@@ -465,4 +468,4 @@ class RelayMessagePublic(BaseModel):
 
 
 class RegistrationLockSet(BaseModel):
-    pin: str = Field(min_length=PIN_MIN, max_length=PIN_MAX)
+    pin: str = Field(min_length=PIN_MIN, max_length=PIN_MAX, pattern=NO_NUL)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Query, Request, status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,7 @@ from e2ee_provisioning.models import Device, Revocation
 __all__ = [
     "AuthenticatedDevice", "BundleRateLimit", "CADep", "DeviceBackupAuth", "DeviceAuth", "EnrollRateLimit", "MetricsDep",
     "OperatorAuth", "Requester", "RequesterAuth", "SessionDep", "SettingsDep", "accept_signed_write",
-    "device_is_revoked",
+    "device_is_revoked", "MAX_ROW_ID", "MAX_SQL_INTEGER", "Offset", "PageLimit", "RowId",
 ]
 
 
@@ -251,3 +251,19 @@ def limit_enrollment(request: Request, metrics: MetricsDep) -> None:
 
 
 EnrollRateLimit = Depends(limit_enrollment)
+
+
+# --- integers that reach the database ---------------------------------------------------------
+
+# The largest integer both engines take as a parameter (SQL BIGINT): a larger offset or id was a
+# driver error, 500 (issue 12, finding 11); bounded here it is a 422 like any malformed query.
+MAX_SQL_INTEGER = 2**63 - 1
+# Rows per page of a list.
+MAX_PAGE = 1000
+
+Offset = Annotated[int, Query(ge=0, le=MAX_SQL_INTEGER, description="rows to skip")]
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows to return, at most %d" % MAX_PAGE)]
+# Row ids are INTEGER columns: 32-bit on PostgreSQL, which casts a compared value to that type.
+MAX_ROW_ID = 2**31 - 1
+# a row id a client got from the service (relay message ids)
+RowId = Annotated[int, Query(ge=0, le=MAX_ROW_ID)]

@@ -36,8 +36,9 @@ def _device(session: Session, device_id: str) -> Device:
     return device
 
 
-def _backup(session: Session, device: Device) -> Backup:
-    backup = session.scalar(select(Backup).where(Backup.device_pk == device.id))
+def _backup(session: Session, device: Device, for_update: bool = False) -> Backup:
+    query = select(Backup).where(Backup.device_pk == device.id)
+    backup = session.scalar(query.with_for_update() if for_update else query)
     if backup is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no backup for this device")
     return backup
@@ -97,7 +98,10 @@ def fetch_backup(device_id: str, body: BackupFetch, request: Request, session: S
     device = _device(session, device_id)
     if device_is_revoked(session, device):
         raise HTTPException(status.HTTP_410_GONE, "device is revoked")
-    backup = _backup(session, device)
+    # FOR UPDATE: fetches of one backup take turns on PostgreSQL (SQLite's BEGIN IMMEDIATE already
+    # serializes them), so parallel wrong tokens cannot all read the same count and pass the limit
+    # (issue 12, finding 11)
+    backup = _backup(session, device, for_update=True)
     if backup.failures >= settings.backup_fetch_attempts:
         raise HTTPException(status.HTTP_423_LOCKED, "backup locked after too many wrong passphrases; an operator "
                             "must unlock it")

@@ -7,11 +7,11 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from e2ee_provisioning.api.deps import MetricsDep, OperatorAuth, SessionDep
+from e2ee_provisioning.api.deps import MetricsDep, Offset, OperatorAuth, PageLimit, SessionDep
 from e2ee_provisioning.models import ClaimCreate, ClaimPublic, ClaimsCreated, EnrollmentClaim, utcnow
 
 router = APIRouter(prefix="/claims", tags=["claims"], dependencies=[OperatorAuth])
@@ -56,7 +56,7 @@ def post_claims(claim_in: ClaimCreate, session: SessionDep, metrics: MetricsDep)
 
 @router.get("", response_model=list[ClaimPublic])
 def list_claims(session: SessionDep, fleet: str | None = None,
-                offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> list[ClaimPublic]:
+                offset: Offset = 0, limit: PageLimit = 100) -> list[ClaimPublic]:
     query = select(EnrollmentClaim).order_by(EnrollmentClaim.id).offset(offset).limit(limit)
     if fleet is not None:
         query = query.where(EnrollmentClaim.fleet == fleet)

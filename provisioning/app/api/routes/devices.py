@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from e2ee_provisioning.api.deps import CADep, MetricsDep, OperatorAuth, SessionDep, device_is_revoked
+from e2ee_provisioning.api.deps import (
+    CADep, MetricsDep, Offset, OperatorAuth, PageLimit, SessionDep, device_is_revoked,
+)
 from e2ee_provisioning.core.authority import current_revocation_list, publish_revocation_list
 from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
 from e2ee_provisioning.core.metrics import Metrics
@@ -47,7 +49,7 @@ def _device(session: Session, device_id: str) -> Device:
 
 @router.get("", response_model=list[DevicePublic])
 def list_devices(session: SessionDep, fleet: str | None = None, owner: str | None = None,
-                 offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> list[DevicePublic]:
+                 offset: Offset = 0, limit: PageLimit = 100) -> list[DevicePublic]:
     query = select(Device).order_by(Device.id).offset(offset).limit(limit)
     if fleet is not None:
         query = query.where(Device.fleet == fleet)

@@ -215,7 +215,10 @@ def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, s
             *([Device.board_uid == req.board_uid] if req.board_uid else []))).limit(1))
     if clash is not None:
         raise _refuse(metrics, status.HTTP_409_CONFLICT, "identity key or board already enrolled as another device")
-    device = session.scalar(select(Device).where(Device.device_id == req.device_id))
+    # FOR UPDATE: enrollments of one device id take turns from here on PostgreSQL (SQLite's BEGIN
+    # IMMEDIATE already serializes them), so the PIN attempts below never outrun their limit and
+    # a re-registration supersedes the certificate of the one before it (issue 12, finding 11)
+    device = session.scalar(select(Device).where(Device.device_id == req.device_id).with_for_update())
     if device is not None and device.fleet != req.fleet:
         raise _refuse(metrics, status.HTTP_409_CONFLICT, "device id is enrolled in another fleet")
     rekey = device is not None and (device.ik_pub != req.ik_pub or device.is_pub != req.is_pub)
@@ -251,7 +254,11 @@ def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, s
     device.owner, device.roles, device.enrolled_at = claim.owner, roles, now
     if req.board_uid is not None:
         device.board_uid = req.board_uid
-    session.flush()
+    try:
+        session.flush()  # a new device id that a concurrent enrollment just created: unique violation
+    except IntegrityError:
+        session.rollback()
+        raise _refuse(metrics, status.HTTP_409_CONFLICT, "device was enrolled concurrently; retry")
     issued = int(time.time())
     not_before, not_after = issued - _NOT_BEFORE_SLACK, issued + settings.certificate_lifetime
     data = issue_certificate(ca, device_id=req.device_id, fleet=req.fleet, identity_dh=req.ik_pub,

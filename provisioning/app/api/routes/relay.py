@@ -4,10 +4,10 @@ what arrived in their own inbox, which the service keeps in the database until t
 it (a service restart loses nothing). The service relays ciphertext only."""
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import delete, select
 
-from e2ee_provisioning.api.deps import DeviceAuth, SessionDep, device_is_revoked
+from e2ee_provisioning.api.deps import DeviceAuth, RowId, SessionDep, device_is_revoked
 from e2ee_provisioning.core.broker import BrokerError
 from e2ee_provisioning.models import Device, RelayClient, RelayMessage, RelayMessagePublic, RelaySend, utcnow
 
@@ -51,7 +51,7 @@ def send(body: RelaySend, request: Request, auth: DeviceAuth, session: SessionDe
 
 
 @router.get("/messages", response_model=list[RelayMessagePublic])
-def fetch(auth: DeviceAuth, session: SessionDep, after: int = Query(0, ge=0)) -> list[RelayMessagePublic]:
+def fetch(auth: DeviceAuth, session: SessionDep, after: RowId = 0) -> list[RelayMessagePublic]:
     rows = session.scalars(select(RelayMessage).where(RelayMessage.device_pk == auth.device.id,
                                                       RelayMessage.id > after)
                            .order_by(RelayMessage.id).limit(MAX_FETCH))
@@ -59,7 +59,7 @@ def fetch(auth: DeviceAuth, session: SessionDep, after: int = Query(0, ge=0)) ->
 
 
 @router.delete("/messages", status_code=status.HTTP_204_NO_CONTENT)
-def acknowledge(auth: DeviceAuth, session: SessionDep, up_to: int = Query(..., ge=1)) -> None:
+def acknowledge(auth: DeviceAuth, session: SessionDep, up_to: RowId) -> None:
     """The client has what it fetched up to this id: the service forgets it."""
     session.execute(delete(RelayMessage).where(RelayMessage.device_pk == auth.device.id, RelayMessage.id <= up_to))
     session.commit()
