@@ -15,17 +15,18 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from e2ee.protocol import certificate, enrollment
-from e2ee.protocol.keys import KeyStore, PrekeyBundle
+from e2ee.protocol.keys import KeyFormatError, KeyStore, PrekeyBundle
 
-__all__ = ["ApiError", "Claims", "DeviceClient", "Enrolled", "OperatorClient", "RevocationListInfo",
-           "ServiceClient"]
+__all__ = ["ApiError", "BadAnswer", "Claims", "DeviceClient", "Enrolled", "OperatorClient",
+           "RevocationListInfo", "ServiceClient"]
 
 DEFAULT_TIMEOUT = 15.0
 
@@ -37,6 +38,37 @@ class ApiError(Exception):
         super().__init__("%d %s" % (status, detail))
         self.status = status
         self.detail = detail
+
+
+class BadAnswer(ApiError):
+    """The service answered with a success status and a body that is not what its API promises
+    (not JSON, a field missing or of another type, broken base64). Status 502, as a proxy says
+    of a bad upstream answer."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(502, detail)
+
+
+@contextmanager
+def _answer(what: str) -> Iterator[None]:
+    """Reading a service answer: what breaks its shape becomes BadAnswer (found by fuzzing:
+    KeyError, TypeError, binascii.Error escaped); the protocol's typed errors pass unchanged."""
+    try:
+        yield
+    except (certificate.CertificateError, KeyFormatError, enrollment.EnrollmentError):
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        raise BadAnswer("malformed answer to %s (%s)" % (what, type(e).__name__)) from None
+
+
+def _detail(r: httpx.Response) -> str:
+    """The `detail` of an error answer, else its text."""
+    try:
+        doc = r.json()
+    except ValueError:
+        return r.text
+    detail = doc.get("detail", r.text) if isinstance(doc, dict) else r.text
+    return detail if isinstance(detail, str) else json.dumps(detail)
 
 
 def _b64(data: bytes) -> str:
@@ -94,32 +126,35 @@ class ServiceClient:
         except httpx.HTTPError as e:
             raise ApiError(0, "service unreachable at %s: %s" % (self.http.base_url, type(e).__name__)) from None
         if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
-                detail = r.text
-            raise ApiError(r.status_code, detail if isinstance(detail, str) else json.dumps(detail))
-        return r.json() if r.content else None
+            raise ApiError(r.status_code, _detail(r))
+        with _answer("%s %s" % (method, path)):
+            return r.json() if r.content else None
 
     # --- public endpoints ---
 
     def ca_keys(self) -> list[bytes]:
         """The Fleet CA public keys the service reports. Pin them at provisioning time: later
         answers are verified against the pinned set, not against what the service says."""
-        return [_unb64(k["public_key"]) for k in self.call("GET", "/ca")["keys"]]
+        doc = self.call("GET", "/ca")
+        with _answer("GET /ca"):
+            return [_unb64(k["public_key"]) for k in doc["keys"]]
 
     def revocation_list(self, trusted_keys: Sequence[bytes], last_version: int = 0) -> RevocationListInfo:
         """The current signed revocation list, verified with `trusted_keys` and newer than
         `last_version` (certificate.RolledBack otherwise)."""
         doc = self.call("GET", "/revocations")
-        data = _unb64(doc["revocation_list"])
-        crl = certificate.verify_revocation_list(data, list(trusted_keys), last_version)
-        return RevocationListInfo(data, crl, [_unb64(k) for k in doc["ca_keys"]])
+        with _answer("GET /revocations"):
+            data = _unb64(doc["revocation_list"])
+            crl = certificate.verify_revocation_list(data, list(trusted_keys), last_version)
+            return RevocationListInfo(data, crl, [_unb64(k) for k in doc["ca_keys"]])
 
 
     def backup_params(self, device_id: str) -> dict[str, Any]:
         """Salt and Argon2id parameters of a device's backup (what a restore derives its token from)."""
-        return self.call("GET", "/backups/%s/params" % device_id)  # type: ignore[no-any-return]
+        doc = self.call("GET", "/backups/%s/params" % device_id)
+        if not isinstance(doc, dict):
+            raise BadAnswer("malformed answer to GET /backups/%s/params" % device_id)
+        return doc
 
     def fetch_backup(self, device_id: str, auth: bytes) -> bytes:
         """The sealed blob, for the token e2ee_host.backup.auth_token() derives from the passphrase."""
@@ -128,7 +163,7 @@ class ServiceClient:
         except httpx.HTTPError as e:
             raise ApiError(0, "service unreachable at %s: %s" % (self.http.base_url, type(e).__name__)) from None
         if r.status_code >= 400:
-            raise ApiError(r.status_code, r.json().get("detail", r.text))
+            raise ApiError(r.status_code, _detail(r))
         return r.content
 
 
@@ -196,7 +231,8 @@ class OperatorClient(ServiceClient):
 
     def bundle(self, device_id: str) -> PrekeyBundle:
         doc = self._op("GET", "/keys/%s/bundle" % device_id)
-        return PrekeyBundle.from_bytes(_unb64(doc["bundle"]))
+        with _answer("GET /keys/%s/bundle" % device_id):
+            return PrekeyBundle.from_bytes(_unb64(doc["bundle"]))
 
 
 class DeviceClient(ServiceClient):
@@ -222,7 +258,9 @@ class DeviceClient(ServiceClient):
         verified with `trusted_keys` (default: the CA keys the enrollment answer carries).
         `operator_key` (X-API-Key) lets an operator re-register an enrolled device id with new
         keys without its owner's claim (docs/provisioning.md, "Re-registration")."""
-        challenge = _unb64(self.call("POST", "/enroll/challenge")["challenge"])
+        doc = self.call("POST", "/enroll/challenge")
+        with _answer("POST /enroll/challenge"):
+            challenge = _unb64(doc["challenge"])
         fields = enrollment.enrollment_fields(self.keystore, challenge, token, self.device_id, self.fleet,
                                               board_uid, board_key)
         body: dict[str, Any] = {"claim_token": token, "challenge": _b64(challenge), "device_id": self.device_id,
@@ -233,16 +271,18 @@ class DeviceClient(ServiceClient):
         if operator_key is not None:
             headers["X-API-Key"] = operator_key
         doc = self.call("POST", "/enroll", headers=headers, content=json.dumps(body).encode())
-        ca_keys = [_unb64(k) for k in doc["ca_keys"]]
-        trusted = list(trusted_keys) if trusted_keys is not None else ca_keys
-        crl_data = _unb64(doc["revocation_list"])
-        crl = certificate.verify_revocation_list(crl_data, trusted, 0)
-        data = _unb64(doc["certificate"])
-        cert = certificate.verify_certificate(data, trusted, int(time.time()), crl)
+        with _answer("POST /enroll"):
+            ca_keys = [_unb64(k) for k in doc["ca_keys"]]
+            trusted = list(trusted_keys) if trusted_keys is not None else ca_keys
+            crl_data = _unb64(doc["revocation_list"])
+            crl = certificate.verify_revocation_list(crl_data, trusted, 0)
+            data = _unb64(doc["certificate"])
+            cert = certificate.verify_certificate(data, trusted, int(time.time()), crl)
+            mqtt = doc.get("mqtt")
         if (cert.identity_dh, cert.identity_sign, cert.device_id) != (
                 self.keystore.ik_pub, self.keystore.is_pub, self.device_id):
             raise certificate.Malformed("the service certified other keys or another device id")
-        return Enrolled(data, cert, ca_keys, crl_data, doc["mqtt"])
+        return Enrolled(data, cert, ca_keys, crl_data, mqtt)
 
     def _timestamp(self) -> int:
         self.last_timestamp = max(int(time.time()), self.last_timestamp + 1)
@@ -276,7 +316,8 @@ class DeviceClient(ServiceClient):
 
     def bundle(self, peer: str) -> PrekeyBundle:
         doc = self.signed("GET", "/keys/%s/bundle" % peer)
-        return PrekeyBundle.from_bytes(_unb64(doc["bundle"]))
+        with _answer("GET /keys/%s/bundle" % peer):
+            return PrekeyBundle.from_bytes(_unb64(doc["bundle"]))
 
     def certificate_status(self, serial: str) -> dict[str, Any]:
         return self.signed("GET", "/certificates/%s" % serial)  # type: ignore[no-any-return]

@@ -60,8 +60,8 @@ def build_cases(root: Path) -> Path:
     }
     recs: list[dict[str, Any]] = [{"id": name, "data": data}
                                   for name, values in seeds.items() for data in values]
-    vectorfile.write(str(cases / "seeds.txt"), "Seeds of tests/device/fuzz_decoders.py (test_fuzz_device.py).",
-                     recs)
+    header = "Seeds of tests/device/fuzz_decoders.py (test_fuzz_device.py)."
+    vectorfile.write(str(cases / "seeds.txt"), header, recs)
     return cases
 
 
