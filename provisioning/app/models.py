@@ -19,7 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Backup", "BackupFetch", "BackupParams", "Base", "Certificate", "Device", "DeviceIdentity", "Link", "LinkApproval",
     "OwnerDevicePublic", "RelayClient", "RelayMessage", "RelayMessagePublic", "RelaySend", "RendezvousMessage", "EnrollmentChallenge", "EnrollmentClaim", "OneTimePrekey", "Revocation",
-    "RevocationListRecord", "SignedPrekey",
+    "RevocationListRecord", "SignedPrekey", "SignedRequest",
     "B64Bytes", "ChallengePublic", "ClaimCreate", "ClaimPublic", "ClaimsCreated", "CertificateStatus",
     "DevicePublic", "EnrollmentRequest", "EnrollmentResult", "MqttCredentials", "RegistrationLockSet",
     "RevocationListPublic", "RevokeRequest", "RevokeResult",
@@ -74,7 +74,8 @@ class Device(Base):
     is_pub: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     fingerprint: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # newest accepted signed-request timestamp (unix seconds): replayed writes are refused
+    # newest accepted signed-write timestamp (Unix ms; seconds in rows older than issue 12, which
+    # are smaller than any ms value): older writes are refused
     last_signed_at: Mapped[int] = mapped_column(BigInteger, default=0)
     # who the device belongs to inside the fleet (from its claim); "" when the claim named nobody
     owner: Mapped[str] = mapped_column(String(FLEET_MAX), default="", index=True)
@@ -189,6 +190,17 @@ class RelayMessage(Base):
     sender: Mapped[str] = mapped_column(String(DEVICE_ID_MAX))
     envelope: Mapped[bytes] = mapped_column(LargeBinary(8192))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SignedRequest(Base):
+    """A signed request the service accepted (docs/provisioning.md, "Authentication"): SHA-256 of
+    its signed message, kept until its timestamp leaves the accepted window (expires_at, Unix
+    seconds); a second request with the same message is a replay (issue 12, finding 10)."""
+    __tablename__ = "signed_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
 class RevocationListRecord(Base):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Query, Request, status
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from e2ee import crypto
@@ -19,8 +21,8 @@ from e2ee_host.fleet_ca import CAKeystore
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.core.ratelimit import TokenBuckets
-from e2ee_provisioning.core.security import operator_key_matches, signed_request_message
-from e2ee_provisioning.models import Device, Revocation
+from e2ee_provisioning.core.security import operator_key_matches, signed_request_message, timestamp_ms
+from e2ee_provisioning.models import Device, Revocation, SignedRequest
 
 __all__ = [
     "AuthenticatedDevice", "BundleRateLimit", "CADep", "DeviceBackupAuth", "DeviceAuth", "EnrollRateLimit", "MetricsDep",
@@ -124,7 +126,7 @@ def device_is_revoked(session: Session, device: Device) -> bool:
 
 def _verify_device(request: Request, session: Session, settings: Settings, metrics: Metrics,
                    signed: SignedHeaders, body: bytes) -> Device:
-    if abs(time.time() - signed.timestamp) > settings.request_max_skew:
+    if abs(time.time() * 1000 - timestamp_ms(signed.timestamp)) > settings.request_max_skew * 1000:
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED,
                       "request timestamp is more than %d s from server time" % settings.request_max_skew)
     device = session.scalar(select(Device).where(Device.device_id == signed.device_id))
@@ -138,13 +140,36 @@ def _verify_device(request: Request, session: Session, settings: Settings, metri
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "request signature does not verify")
     if device_is_revoked(session, device):
         raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "device is revoked")
+    _spend(session, settings, metrics, message, signed.timestamp)
     return device
+
+
+# Expired single-use records deleted per signed request: more than the one each request adds, so
+# the table stays near (requests in the last 300 s) rows.
+_EXPIRED_PER_REQUEST = 64
+
+
+def _spend(session: Session, settings: Settings, metrics: Metrics, message: bytes, timestamp: int) -> None:
+    """Records the verified request's message as used, committed before the route runs, so a
+    signed request is single use whatever the route answers; the same message again is a replay:
+    409 (issue 12, finding 10). Records leave once their timestamp is outside the window."""
+    # expired records, a bounded batch, skipping rows a concurrent request is deleting (PostgreSQL)
+    expired = (select(SignedRequest.id).where(SignedRequest.expires_at < int(time.time()))
+               .limit(_EXPIRED_PER_REQUEST).with_for_update(skip_locked=True))
+    session.execute(delete(SignedRequest).where(SignedRequest.id.in_(expired)))
+    session.add(SignedRequest(digest=hashlib.sha256(message).digest(),
+                              expires_at=timestamp_ms(timestamp) // 1000 + settings.request_max_skew + 2))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise _refuse(metrics, status.HTTP_409_CONFLICT, "this signed request was used already (a replay)")
 
 
 @dataclass(frozen=True)
 class AuthenticatedDevice:
     device: Device
-    timestamp: int  # the signed timestamp; writes store it as the device's newest (no replay)
+    timestamp: int  # the signed timestamp in Unix ms; writes store it as the device's newest
 
 
 def _require_device(request: Request, session: Session, settings: Settings, metrics: Metrics, body: bytes,
@@ -152,7 +177,8 @@ def _require_device(request: Request, session: Session, settings: Settings, metr
     signed = _signed_headers(device, timestamp, signature, metrics)
     if signed is None:
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "device signature required (X-E2EE-Signature)")
-    return AuthenticatedDevice(_verify_device(request, session, settings, metrics, signed, body), signed.timestamp)
+    device = _verify_device(request, session, settings, metrics, signed, body)
+    return AuthenticatedDevice(device, timestamp_ms(signed.timestamp))
 
 
 def require_device(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep,

@@ -2,7 +2,8 @@
 
 A device signs each key-directory request with its identity signing key IS (Ed25519,
 docs/protocol.md §1) over `signed_request_message(...)`, sent in three headers:
-X-E2EE-Device (its device id), X-E2EE-Timestamp (unix seconds, decimal) and X-E2EE-Signature
+X-E2EE-Device (its device id), X-E2EE-Timestamp (Unix time, decimal: milliseconds, or seconds
+for older clients; see timestamp_ms) and X-E2EE-Signature
 (base64 of the 64-byte signature). The message binds method, path, time, device and body, so a
 signature is good for exactly one request; writes additionally need a timestamp newer than the
 device's last accepted one (replay refused). The bytes come from the device package
@@ -18,9 +19,20 @@ import os
 from e2ee.protocol.enrollment import REQUEST_LABEL, request_message
 from e2ee_provisioning.core.config import hash_api_key
 
-__all__ = ["REQUEST_LABEL", "hash_pin", "operator_key_matches", "pin_matches", "signed_request_message"]
+__all__ = ["MS_TIMESTAMP_FROM", "REQUEST_LABEL", "hash_pin", "operator_key_matches", "pin_matches",
+           "signed_request_message", "timestamp_ms"]
 
 signed_request_message = request_message
+
+# Signed timestamps from this value up are milliseconds (10^11 ms is 1973; 10^11 s is year 5138,
+# so no seconds value reaches it): clients sign wall time in ms, unique per request (issue 12,
+# finding 11); seconds from older clients and boards stay accepted.
+MS_TIMESTAMP_FROM = 10**11
+
+
+def timestamp_ms(timestamp: int) -> int:
+    """A signed request's timestamp in Unix milliseconds."""
+    return timestamp if timestamp >= MS_TIMESTAMP_FROM else timestamp * 1000
 
 # Registration-lock PINs are short secrets: scrypt (RFC 7914) with a per-lock salt makes each
 # guess of a stolen database cost ~16 MiB and tens of milliseconds; online guessing is limited

@@ -135,9 +135,12 @@ def take_one_time_prekey(*, session: Session, device: Device) -> tuple[int, byte
 def get_bundle(device_id: str, requester: BundleRateLimit, session: SessionDep, metrics: MetricsDep,
                response: Response) -> BundlePublic:
     """A prekey bundle for starting a session with the device (docs/protocol.md §2): its signed
-    prekey and, while any are left, one one-time prekey that no other fetch gets."""
+    prekey and, while any are left, one one-time prekey that no other fetch gets. Operators, and
+    devices of the same fleet: another fleet's device gets 404 (issue 12, finding 10)."""
     response.headers["Cache-Control"] = "no-store"
     device = _device(session, device_id)
+    if requester.device is not None and requester.device.fleet != device.fleet:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such device")
     if device_is_revoked(session, device):
         raise HTTPException(status.HTTP_410_GONE, "device is revoked")
     spk = session.scalar(select(SignedPrekey).where(SignedPrekey.device_pk == device.id))

@@ -129,13 +129,17 @@ def post_link(body: LinkApproval, auth: DeviceAuth, session: SessionDep) -> dict
 
 
 @router.get("/owners/{owner}/devices", response_model=list[OwnerDevicePublic])
-def owner_devices(owner: str, requester: RequesterAuth, session: SessionDep) -> list[OwnerDevicePublic]:
-    """Every unrevoked device of the owner (what a sender fans a message to the owner out to);
-    for operators and registered devices of the same fleet."""
-    rows = session.execute(select(Device, Link).outerjoin(Link, Link.device_pk == Device.id)
-                           .where(Device.owner == owner).order_by(Device.id)).all()
-    if requester.device is not None and rows and all(d.fleet != requester.device.fleet for d, _ in rows):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "owner is in another fleet")
+def owner_devices(owner: str, requester: RequesterAuth, session: SessionDep,
+                  fleet: str | None = None) -> list[OwnerDevicePublic]:
+    """Every unrevoked device of the owner (what a sender fans a message to the owner out to).
+    Owner names are per fleet (issue 12, finding 10): a device sees its own fleet's owner only
+    (`fleet` is ignored), an operator every fleet's or the one `fleet` names."""
+    if requester.device is not None:
+        fleet = requester.device.fleet
+    query = select(Device, Link).outerjoin(Link, Link.device_pk == Device.id).where(Device.owner == owner)
+    if fleet is not None:
+        query = query.where(Device.fleet == fleet)
+    rows = session.execute(query.order_by(Device.id)).all()
     primaries = {d.id: d.device_id for d, _ in rows}
     out = []
     for device, link in rows:
@@ -157,7 +161,8 @@ def owner_revoke(owner: str, device_id: str, body: RevokeRequest, request: Reque
     """The owner revokes one of its devices from another of its devices (a lost phone, a stolen board)."""
     if not _belongs(session, auth.device, owner):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only a device of owner %s revokes its devices" % owner)
-    device = session.scalar(select(Device).where(Device.device_id == device_id, Device.owner == owner))
+    device = session.scalar(select(Device).where(Device.device_id == device_id, Device.owner == owner,
+                                                 Device.fleet == auth.device.fleet))  # owners are per fleet
     if device is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "owner %s has no device %s" % (owner, device_id))
     if device.id == auth.device.id:
