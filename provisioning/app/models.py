@@ -10,7 +10,7 @@ import binascii
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer
 from sqlalchemy import (
     BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint,
 )
@@ -259,6 +259,30 @@ def _b64decode(value: object) -> object:
 B64Bytes = Annotated[
     bytes, BeforeValidator(_b64decode), PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str)]
 Key32 = Annotated[B64Bytes, Field(min_length=32, max_length=32)]
+
+_P25519 = 2**255 - 19
+
+
+def _canonical_x25519(key: bytes) -> bytes:
+    """RFC 7748 §5: X25519 ignores bit 255 and reduces u mod p, so an encoding with bit 255 set or
+    u >= 2^255-19 aliases a canonical key (two byte strings, one key: issue 12, finding 7).
+    Other lengths are left to the checks that name them."""
+    if len(key) == 32 and int.from_bytes(key, "little") >= _P25519:
+        raise ValueError("X25519 public key is not canonical (bit 255 set or u >= 2^255-19)")
+    return key
+
+
+def _canonical_ed25519(key: bytes) -> bytes:
+    """RFC 8032 §5.1.3: y < p, and x = 0 (y = 1 or p - 1) never with the sign bit set."""
+    y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+    if len(key) == 32 and (y >= _P25519 or (key[31] & 0x80 and y in (1, _P25519 - 1))):
+        raise ValueError("Ed25519 public key is not canonical (RFC 8032 section 5.1.3)")
+    return key
+
+
+# public keys in their one canonical encoding (422 otherwise)
+X25519Pub = Annotated[B64Bytes, AfterValidator(_canonical_x25519)]
+Ed25519Pub = Annotated[B64Bytes, AfterValidator(_canonical_ed25519)]
 DeviceIdStr = Annotated[str, Field(min_length=1, max_length=DEVICE_ID_MAX, pattern=r"^[A-Za-z0-9._-]+$")]
 FleetStr = Annotated[str, Field(min_length=1, max_length=FLEET_MAX, pattern=r"^[A-Za-z0-9._-]+$")]
 Uint32 = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
@@ -319,13 +343,13 @@ class ClaimsCreated(BaseModel):
 
 class SignedPrekeyUpload(BaseModel):
     spk_id: Uint32
-    spk_pub: B64Bytes
+    spk_pub: X25519Pub
     spk_sig: B64Bytes
 
 
 class OneTimePrekeyUpload(BaseModel):
     opk_id: Uint32
-    opk_pub: B64Bytes
+    opk_pub: X25519Pub
 
 
 class PrekeyUpload(BaseModel):
@@ -361,8 +385,8 @@ class EnrollmentRequest(BaseModel):
     challenge: Key32
     device_id: DeviceIdStr
     fleet: FleetStr
-    ik_pub: Key32
-    is_pub: Key32
+    ik_pub: Annotated[Key32, AfterValidator(_canonical_x25519)]
+    is_pub: Annotated[Key32, AfterValidator(_canonical_ed25519)]
     proof: Annotated[B64Bytes, Field(min_length=64, max_length=64)]
     board_uid: Annotated[B64Bytes, Field(min_length=1, max_length=MAX_BOARD_UID)] | None = None
     evidence: Key32 | None = None

@@ -15,7 +15,7 @@ from service_support import OPERATOR, TestDevice, b64, create_claim, dump_tables
 from sqlalchemy import text
 from support import DEVICE_TESTS
 
-from e2ee.protocol import certificate, enrollment
+from e2ee.protocol import certificate, enrollment, keys
 from e2ee.protocol.keys import KeyStore
 from e2ee_host.fleet_ca import FileCAKeystore, issue_certificate
 
@@ -435,3 +435,55 @@ def test_finding4_re_registration_needs_the_recorded_board(client) -> None:  # t
     assert r.status_code == 201, r.text
     assert base64.b64decode(r.json()["certificate"]) and client.get(
         "/devices/valve-3", headers=OPERATOR).json()["ik_pub"] == b64(device.store.ik_pub)
+
+
+# --- issue 12, finding 7: public keys in their one canonical encoding -------------------------
+
+_P = 2**255 - 19
+
+
+def _flip_bit_255(key: bytes) -> bytes:
+    return key[:31] + bytes((key[31] ^ 0x80,))
+
+
+def test_finding7_service_refuses_non_canonical_identity_key(client) -> None:  # type: ignore[no-untyped-def]
+    """X25519 ignores bit 255 and reduces u mod p: an identity or prekey sent in another encoding
+    is the same key under a second byte string (and passes byte-wise duplicate checks). Enrollment
+    and key upload take the canonical encoding only: 422, nothing stored, claim not spent."""
+    engine = client.app.state.engine
+    device = TestDevice("pump-1", one_time=2)
+    token = create_claim(client)
+
+    def enroll_as(ik_pub: bytes, is_pub: bytes):  # type: ignore[no-untyped-def]
+        body = device.enrollment_body(client, token)
+        challenge = base64.b64decode(body["challenge"])
+        message = enrollment.proof_message(challenge, enrollment.claim_hash(token), "pump-1", "plant-north",
+                                           ik_pub, is_pub, b"")
+        body.update(ik_pub=b64(ik_pub), is_pub=b64(is_pub), proof=b64(device.store.sign(message)))
+        before = dump_tables(engine)
+        r = client.post("/enroll", json=body)
+        after = dump_tables(engine)
+        assert after == before | {"enrollment_challenges": after["enrollment_challenges"]}
+        return r
+
+    ik, ed = device.store.ik_pub, device.store.is_pub
+    for ik_pub, is_pub in ((_flip_bit_255(ik), ed), ((_P + 2).to_bytes(32, "little"), ed),
+                           (ik, (_P + 1).to_bytes(32, "little")), (ik, b"\x01" + bytes(30) + b"\x80")):
+        r = enroll_as(ik_pub, is_pub)
+        assert r.status_code == 422 and "canonical" in r.text, r.text
+    assert client.get("/claims", headers=OPERATOR).json()[0]["used"] == 0
+    assert device.enroll(client, token).status_code == 201
+    # prekeys: a signed prekey (validly signed over its aliased encoding) and a one-time prekey
+    bundle = device.store.bundle()
+    aliased = _flip_bit_255(bundle.spk_pub)
+    spk = {"spk_id": bundle.spk_id, "spk_pub": b64(aliased),
+           "spk_sig": b64(device.store.sign(keys.spk_signature_message(ik, bundle.spk_id, aliased)))}
+    opks = device.one_time_prekeys()
+    opks[1]["opk_pub"] = b64(_flip_bit_255(base64.b64decode(opks[1]["opk_pub"])))
+    for body in ({"signed_prekey": spk, "one_time_prekeys": []},
+                 {"signed_prekey": device.signed_prekey(), "one_time_prekeys": opks}):
+        before = dump_tables(engine)
+        r = device.post(client, "/keys", json.dumps(body).encode())
+        assert r.status_code == 422 and "canonical" in r.text, r.text
+        assert dump_tables(engine) == before
+    assert device.upload(client).status_code == 200
