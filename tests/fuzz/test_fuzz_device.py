@@ -4,13 +4,16 @@ sender key distributions and group messages, link payloads, inbox frames, MQTT p
 PreKey/Ratchet messages through certified sessions in three states) under the MicroPython unix
 port with a 256 KB heap, fed seeded mutations of the valid inputs written here. Rounds:
 E2EE_FUZZ_DEVICE_ROUNDS (default 3 x E2EE_FUZZ_EXAMPLES); seed: E2EE_FUZZ_SEED (default random,
-printed on failure). scripts/fuzz runs many seeds with many more rounds.
+printed on failure); E2EE_FUZZ_DEVICE_SEEDS runs (default 1) take the seeds after it. scripts/fuzz
+runs many seeds with many more rounds.
 """
 from __future__ import annotations
 
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import test_fuzz_linking
 import test_fuzz_transport
 import vectorfile
 from fuzzing import EXAMPLES, INTERESTING_KEYS
-from support import DEVICE_TESTS
+from support import DEVICE_TESTS, ROOT
 from test_fuzz_certificate import Fleet
 from test_fuzz_groups import Group
 from test_fuzz_session import Pair
@@ -28,6 +31,7 @@ from test_fuzz_session import Pair
 from e2ee.protocol.keys import KeyStore
 
 ROUNDS = int(os.environ.get("E2EE_FUZZ_DEVICE_ROUNDS", str(3 * EXAMPLES)))
+RUNS = int(os.environ.get("E2EE_FUZZ_DEVICE_SEEDS", "1"))  # device processes, one seed each
 HEAP = "256K"  # the protocol tests' heap (tests/protocol/conftest.py): the SDK's bytecode sits in it
 
 
@@ -70,8 +74,25 @@ def cases(tmp_path_factory: Any) -> Path:
     return build_cases(tmp_path_factory.mktemp("device-fuzz"))
 
 
-def test_fuzz_device_decoders_micropython(micropython: Any, cases: Path) -> None:
-    seed = int(os.environ.get("E2EE_FUZZ_SEED") or random.randrange(1, 2**31))
+@pytest.mark.parametrize("run", range(RUNS))
+def test_fuzz_device_decoders_micropython(micropython: Any, cases: Path, run: int) -> None:
+    seed = int(os.environ.get("E2EE_FUZZ_SEED") or random.randrange(1, 2**31)) + run
     out = micropython.run(DEVICE_TESTS / "fuzz_decoders.py", str(cases), str(seed), str(ROUNDS),
                           heapsize=HEAP)
     assert out.splitlines()[-1] == "ok fuzz %d" % ROUNDS, "seed %d: %s" % (seed, out)
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_fuzzfound_device_decoders(runtime: str, micropython: Any) -> None:
+    # The inputs of test_fuzzfound_unframe_sender_not_utf8 and the test_fuzzfound_* of
+    # test_fuzz_linking.py, on the boards' runtime too (tests/device/check_fuzzfound.py).
+    script = DEVICE_TESTS / "check_fuzzfound.py"
+    if runtime == "micropython":
+        out = micropython.run(script, heapsize=HEAP)
+    else:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "firmware"), str(DEVICE_TESTS)]))
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT,
+                              env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = proc.stdout
+    assert out.strip() == "ok fuzzfound", out
