@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from e2ee.protocol import certificate, keys, linking
-from e2ee_host.client import ApiError, DeviceClient, ServiceClient
+from e2ee_host.client import ApiError, BadAnswer, DeviceClient, ServiceClient
 
 __all__ = ["LinkRefused", "NewDeviceLink", "answer_consent", "approve", "fetch_slot", "put_slot", "qr_png",
            "qr_text"]
@@ -23,6 +23,18 @@ __all__ = ["LinkRefused", "NewDeviceLink", "answer_consent", "approve", "fetch_s
 
 class LinkRefused(linking.LinkError):
     pass
+
+
+def _object(data: bytes, what: str) -> dict[str, Any]:
+    """An opened channel message as the JSON object it must be; LinkRefused otherwise (found by
+    fuzzing: JSONDecodeError and AttributeError escaped)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise LinkRefused("the %s is not a JSON object" % what)
+    return doc
 
 
 def put_slot(service: ServiceClient, rendezvous: str, slot: str, data: bytes) -> None:
@@ -53,8 +65,11 @@ def approve(primary: DeviceClient, payload: str, owner: str, *, trusted_keys: Se
     if offer.fleet != primary.fleet:
         raise LinkRefused("the device is in fleet %s, this primary in %s" % (offer.fleet, primary.fleet))
     ident = primary.signed("GET", "/identities/%s" % offer.device_id)
-    cert = certificate.verify_certificate(base64.b64decode(ident["certificate"]), list(trusted_keys),
-                                          int(time.time()))
+    try:
+        cert_data = base64.b64decode(ident["certificate"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        raise BadAnswer("malformed answer to GET /identities/%s" % offer.device_id) from None
+    cert = certificate.verify_certificate(cert_data, list(trusted_keys), int(time.time()))
     if cert.device_id != offer.device_id or keys.fingerprint(cert.identity_dh, cert.identity_sign) != offer.fingerprint:
         raise LinkRefused("the QR code's fingerprint does not match %s's certified identity" % offer.device_id)
     channel, ephemeral = linking.Channel.for_primary(offer)
@@ -63,7 +78,8 @@ def approve(primary: DeviceClient, payload: str, owner: str, *, trusted_keys: Se
     put_slot(primary, offer.rendezvous(), "offer", bytes(ephemeral) + channel.seal_offer(hello))
     if not confirm(channel.check_code):
         raise LinkRefused("the check codes differ: someone else answered the QR code")
-    answer = json.loads(channel.open_answer(fetch_slot(primary, offer.rendezvous(), "answer", timeout)))
+    answer = _object(channel.open_answer(fetch_slot(primary, offer.rendezvous(), "answer", timeout)),
+                     "new device's answer")
     consent = answer_consent(answer, offer)
     signature = primary.keystore.sign(linking.approval_message(owner, offer.device_id, offer.fingerprint))
     body = {"owner": owner, "device_id": offer.device_id, "fingerprint": base64.b64encode(offer.fingerprint).decode(),
@@ -109,7 +125,7 @@ class NewDeviceLink:
     def wait(self, timeout: float = 300.0) -> str:
         data = fetch_slot(self.client, self.offer.rendezvous(), "offer", timeout)
         self.channel = self.offer.channel(data[:32])
-        self.hello = json.loads(self.channel.open_offer(data[32:]))
+        self.hello = _object(self.channel.open_offer(data[32:]), "primary's offer")
         return self.channel.check_code
 
     def accept(self) -> None:

@@ -125,10 +125,11 @@ def _varint(value: int) -> bytes:
 
 
 def outcome(fn: Callable[..., Any], errors: type[BaseException] | tuple[type[BaseException], ...],
-            *args: Any) -> tuple[bool, Any]:
-    """(True, result) or (False, the typed error) of fn(*args); any other exception propagates."""
+            *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+    """(True, result) or (False, the typed error) of fn(*args, **kwargs); any other exception
+    propagates."""
     try:
-        return True, fn(*args)
+        return True, fn(*args, **kwargs)
     except errors as e:
         return False, e
 
