@@ -28,10 +28,11 @@ from fuzzing import fuzz, inputs, mutated, outcome, scratch_copy
 from hypothesis import given
 from hypothesis import strategies as st
 from test_fuzz_certificate import Fleet
-from test_fuzz_session import KEY, Pair
+from test_fuzz_session import KEY, NOW, Pair
 
 from e2ee.protocol.certificate import CertificateError
 from e2ee.protocol.enrollment import EnrollmentError
+from e2ee.protocol.group import GroupSessions
 from e2ee.protocol.keys import KeyFormatError, KeyStore
 from e2ee.protocol.session import SessionManager
 from e2ee.protocol.trust import TrustStore
@@ -146,7 +147,7 @@ class Receiver:
                                          "fleet": "plant.north"}, keystore)
             inst.set_group_members("line-3", ["pump-7"])
             sender = SessionManager.open(str(pump), KEY, trust=TrustStore(str(pump), KEY))
-            yield inst, sender
+            yield inst, sender, pump
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ SENDERS = st.one_of(st.sampled_from(["pump-7", "pump-7", "", "gw-1", "Pump-7", "
 @given(data=st.data())
 def test_fuzz_host_receiver_envelopes(receiver: Receiver, data: st.DataObject) -> None:
     pair = receiver.pair
-    with receiver.run() as (inst, pump):
+    with receiver.run() as (inst, pump, _):
         if data.draw(st.booleans()):
             wire = data.draw(inputs(pair.answers + pair.prekeys, pair.keys, max_size=700))
             _handled(inst, "handle", data.draw(SENDERS), wire)
@@ -186,8 +187,23 @@ def test_fuzz_host_receiver_envelopes(receiver: Receiver, data: st.DataObject) -
             plaintext = DISTRIBUTION_PREFIX + bytes((len(group) & 0xFF,)) + group + dist
             cut = data.draw(st.sampled_from([len(plaintext)]) | st.integers(0, len(plaintext)))
             plaintext = plaintext[:cut]
-            _handled(inst, "handle", "pump-7", bytes(pump.encrypt("gw-1", plaintext, 1_800_000_000)))
+            _handled(inst, "handle", "pump-7", bytes(pump.encrypt("gw-1", plaintext, NOW)))
         _handled(inst, "handle_group", "line-3", data.draw(st.binary(max_size=200)))
+
+
+@fuzz
+@given(data=st.data())
+def test_fuzz_host_receiver_group_messages(receiver: Receiver, data: st.DataObject) -> None:
+    # pump-7's sender key arrives over the pairwise session, then its group messages, mutated.
+    with receiver.run() as (inst, pump, pump_dir):
+        # a fixed chain: hypothesis needs the same seeds for the same choices
+        groups = GroupSessions(str(pump_dir), KEY, "pump-7", rng=lambda n: bytes(range(3, 3 + n)))
+        groups.set_members("line-3", ["gw-1"])
+        plaintext = DISTRIBUTION_PREFIX + b"\x06line-3" + groups.create("line-3")
+        shown = _handled(inst, "handle", "pump-7", bytes(pump.encrypt("gw-1", plaintext, NOW)))
+        assert "sender key of pump-7 for group line-3 installed" in shown, shown
+        wires = [groups.encrypt("line-3", b"group %d" % i) for i in range(3)]
+        _handled(inst, "handle_group", "line-3", data.draw(inputs(wires, max_size=300)))
 
 
 def _distribution() -> bytes:
