@@ -156,7 +156,8 @@ def _spend(session: Session, settings: Settings, metrics: Metrics, message: byte
     # expired records, a bounded batch, skipping rows a concurrent request is deleting (PostgreSQL)
     expired = (select(SignedRequest.id).where(SignedRequest.expires_at < int(time.time()))
                .limit(_EXPIRED_PER_REQUEST).with_for_update(skip_locked=True))
-    session.execute(delete(SignedRequest).where(SignedRequest.id.in_(expired)))
+    session.execute(delete(SignedRequest).where(SignedRequest.id.in_(expired))
+                    .execution_options(synchronize_session=False))
     session.add(SignedRequest(digest=hashlib.sha256(message).digest(),
                               expires_at=timestamp_ms(timestamp) // 1000 + settings.request_max_skew + 2))
     try:
