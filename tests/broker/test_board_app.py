@@ -301,7 +301,8 @@ def test_finding6_link_acks_and_drops_a_poison_message(micropython, fleet, tmp_p
         # poison ahead of the gateway's answer
         member.forge(board.device_id, gateway.name,
                      envelope.encode(envelope.RatchetMessage(bundle.spk_pub, 0, 1, bytes(40))))
-        member.forge(board.device_id, "", envelope.encode(envelope.RatchetMessage(os.urandom(32), 0, 0, bytes(40))))
+        stranger = os.urandom(31) + b"\x01"  # a canonical X25519 key (finding 7)
+        member.forge(board.device_id, "", envelope.encode(envelope.RatchetMessage(stranger, 0, 0, bytes(40))))
         member.publish(board.device_id, b"\x07not a frame")
         member.forge(board.device_id, gateway.name, b"\x01\xff garbage")
         gateway.link.send(board.device_id, gateway.sessions.encrypt(board.device_id, b"hello valve"))

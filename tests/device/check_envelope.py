@@ -40,6 +40,13 @@ class Stream:
     def below(self, k):
         return int.from_bytes(self.bytes(4), "big") % k
 
+    # A canonical public key (docs/protocol.md §4, finding 7): bit 255 clear (a value >= p has
+    # odds of 2^-250).
+    def key(self):
+        k = bytearray(self.bytes(32))
+        k[31] &= 0x7F
+        return bytes(k)
+
     # A uint32 from one of four ranges, so 1- to 5-byte varints and 0 all occur.
     def counter32(self):
         bucket = self.below(4)
@@ -127,11 +134,11 @@ def random_record(rng):
     if kind == 2:
         size = 0 if rng.below(3) == 0 else rng.below(E.MAX_CONTROL_PAYLOAD + 1)
         return E.Control(E.SESSION_RESET, rng.bytes(size))
-    msg = E.RatchetMessage(rng.bytes(32), rng.counter32(), rng.counter32(), rng.bytes(16 + rng.below(200)))
+    msg = E.RatchetMessage(rng.key(), rng.counter32(), rng.counter32(), rng.bytes(16 + rng.below(200)))
     if kind == 0:
         return msg
     cert = rng.bytes(rng.below(E.MAX_SENDER_CERTIFICATE + 1)) if rng.below(2) else b""
-    return E.PreKeyMessage(rng.bytes(32), rng.bytes(32), rng.bytes(32), rng.counter32(), rng.counter32(), msg,
+    return E.PreKeyMessage(rng.key(), rng.key(), rng.key(), rng.counter32(), rng.counter32(), msg,
                            cert)
 
 

@@ -51,7 +51,9 @@ for pn, n in ((0, 0), (0, 1), (3, 2)):
 own = alice._load("bob").states[0].session(None).ratchet_public
 refused(alice, "bob", envelope.encode(envelope.RatchetMessage(own, 0, 0, bytes(40))), ratchet.InvalidHeader)
 refused(alice, "bob", b"\x01\xff garbage", envelope.DecodeError)
-refused(alice, "nobody", envelope.encode(envelope.RatchetMessage(os.urandom(32), 0, 0, bytes(40))),
+stranger = bytearray(os.urandom(32))
+stranger[31] &= 0x7F  # a canonical X25519 key (finding 7)
+refused(alice, "nobody", envelope.encode(envelope.RatchetMessage(stranger, 0, 0, bytes(40))),
         session.NoSession)
 # The store's and the machine's trouble is not the message's: never in MESSAGE_ERRORS.
 for error in (OSError(5), MemoryError(), store.Corrupted("x"), store.NotFound("x"), TypeError("x")):

@@ -117,18 +117,21 @@ def random_pb(rng: random.Random, largest: bool = True):
     def counter() -> int:
         return rng.choice([0, rng.randrange(128), rng.randrange(1 << 21), rng.getrandbits(32), 0xFFFFFFFF])
 
+    def key() -> bytes:  # a canonical public key (finding 7): bit 255 clear
+        return rng.randbytes(31) + bytes([rng.randrange(128)])
+
     kind = rng.randrange(3)
     if kind == 2:
         payload = rng.randbytes(rng.choice([0, rng.randrange(device.MAX_CONTROL_PAYLOAD + 1)]))
         return pb.Control(kind=pb.Control.SESSION_RESET, payload=payload)
-    msg = pb.RatchetMessage(dh=rng.randbytes(32), pn=counter(), n=counter(),
+    msg = pb.RatchetMessage(dh=key(), pn=counter(), n=counter(),
                             ciphertext=rng.randbytes(rng.choice([16, 16 + rng.randrange(300)]
                                                                 + [device.MAX_CIPHERTEXT] * largest)))
     if kind == 0:
         return msg
     cert = rng.choice([b"", rng.randbytes(rng.randrange(1, device.MAX_SENDER_CERTIFICATE + 1))])
-    return pb.PreKeyMessage(identity_dh=rng.randbytes(32), identity_sign=rng.randbytes(32),
-                            base_key=rng.randbytes(32), signed_prekey_id=counter(),
+    return pb.PreKeyMessage(identity_dh=key(), identity_sign=key(),
+                            base_key=key(), signed_prekey_id=counter(),
                             one_time_prekey_id=counter(), message=msg, sender_certificate=cert)
 
 
@@ -274,7 +277,14 @@ def test_host_rejects_every_malformed_case_like_device():
 
 # ---- published vectors ------------------------------------------------------------------------
 
-IK, IS, EK, DH = (bytes(range(start, start + 32)) for start in (0x40, 0x60, 0x80, 0x20))
+# Counting patterns whose last byte is below 0x80: canonical keys (docs/protocol.md §4); EK was
+# 80..9f before finding 7, which set bit 255 and is refused now (decision D17).
+IK, IS, EK, DH = (bytes(range(start, start + 32)) for start in (0x40, 0x60, 0x00, 0x20))
+# Non-canonical encodings (finding 7): DH with bit 255 set, p = 2^255 - 19 itself, and IS's
+# Ed25519 y = 1 with the sign bit (x = 0 has none).
+DH_BIT_255 = DH[:31] + bytes([DH[31] | 0x80])
+P = (2**255 - 19).to_bytes(32, "little")
+IS_Y1_SIGNED = b"\x01" + bytes(30) + b"\x80"
 # A stand-in for a SignedCertificate (the envelope carries it as opaque bytes): 300 counting bytes.
 CERT = bytes(i & 0xFF for i in range(300))
 
@@ -356,6 +366,14 @@ def published_vectors() -> str:
                                                     + raw(6, 2, body))),
         ("BadField/ciphertext-15-bytes", raw_env(2, raw(1, 2, DH) + raw(4, 2, ct(15)))),
         ("BadField/n-twice", raw_env(2, body + raw(3, 0, 3))),
+        ("BadField/dh-bit-255", raw_env(2, raw(1, 2, DH_BIT_255) + raw(4, 2, ct(16)))),
+        ("BadField/dh-not-below-p", raw_env(2, raw(1, 2, P) + raw(4, 2, ct(16)))),
+        ("BadField/base-key-bit-255", raw_env(1, raw(1, 2, IK) + raw(2, 2, IS) + raw(3, 2, DH_BIT_255)
+                                              + raw(6, 2, body))),
+        ("BadField/identity-dh-not-below-p", raw_env(1, raw(1, 2, P) + raw(2, 2, IS) + raw(3, 2, EK)
+                                                     + raw(6, 2, body))),
+        ("BadField/identity-sign-non-canonical", raw_env(1, raw(1, 2, IK) + raw(2, 2, IS_Y1_SIGNED)
+                                                         + raw(3, 2, EK) + raw(6, 2, body))),
         ("BadField/pn-wire-type", raw_env(2, raw(1, 2, DH) + raw(2, 2, b"\x01") + raw(4, 2, ct(16)))),
         ("BadField/field-number-0", pb_wire(small) + b"\x00\x01"),
         ("BadField/group", pb_wire(small) + raw(9, 3, b"") + raw(9, 4, b"")),
@@ -383,7 +401,8 @@ def published_vectors() -> str:
         "result=valid: decoding wire gives the fields; canonical=01 also means encoding the fields gives\n"
         "exactly wire (canonical=00: protobuf's reading rules, e.g. unknown fields, field order).\n"
         "result=invalid: decoding raises the DecodeError subclass named before '/' in id.\n"
-        "Key and ciphertext bytes are counting patterns, not real keys. License: Apache-2.0."
+        "Key and ciphertext bytes are counting patterns, not real keys, but canonical encodings\n"
+        "(bit 255 clear, below 2^255 - 19): decoders refuse others. License: Apache-2.0."
     ) % ("protobuf %s.x" % protobuf_version.split(".")[0])
     path = Path(os.environ.get("TMPDIR", "/tmp")) / ("envelope-vectors-%d.txt" % os.getpid())
     vectorfile.write(str(path), header, recs)

@@ -108,3 +108,13 @@ def test_finding2_alias_record_name_cannot_take_over_session(runtime, micropytho
     out = run_device_script(runtime, micropython, "check_record_alias.py", str(root), str(cases), alias,
                             new_alias)
     assert out.strip() == "ok record alias", out
+
+
+# Issue 12, finding 7: flipping bit 255 of a PreKeyMessage's base key (X25519 ignores it) passed the
+# duplicate check, and the message decrypted a second time. Non-canonical public keys are refused:
+# by the envelope codec (BadField), X3DH (InvalidPublicKey), the ratchet (InvalidHeader), bundles
+# (InvalidBundle) and the encoder (EncodeError).
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_finding7_non_canonical_base_key_replay_refused(runtime, micropython, tmp_path):
+    out = run_device_script(runtime, micropython, "check_non_canonical_keys.py", str(tmp_path))
+    assert out.strip() == "ok non-canonical keys", out

@@ -275,3 +275,42 @@ def test_trust_records_refuse_tampering_and_hide_nothing_secret(tmp_path):
     from e2ee.protocol.store import Corrupted
     with pytest.raises(Corrupted):
         TrustStore(directory, KEY)
+
+
+# Issue 12, finding 7: a certificate for a device's keys under non-canonical bytes (X25519 bit 255
+# set, a value not below 2^255 - 19, an Ed25519 encoding with a sign on x = 0) was accepted as one
+# for "other" keys; even with a valid CA signature it is Malformed now, on both runtimes.
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_finding7_certificates_with_non_canonical_identity_dh_refused(runtime, micropython, tmp_path):
+    from e2ee_host.proto.e2ee.v1 import certificate_pb2 as pb
+
+    ca = FileCAKeystore(tmp_path / "ca.json")
+    root, cases = tmp_path / "root", tmp_path / "cases"
+    cases.mkdir()
+    bob = SessionManager.create(str(root / "bob"), KEY, one_time=1)
+    ik, is_ = identity(bob)
+
+    def signed(identity_dh: bytes, identity_sign: bytes) -> bytes:  # as issue_certificate, unchecked
+        body = pb.DeviceCertificate(
+            version=1, serial=fleet_ca.new_serial(), device_id="bob", fleet="plant.north",
+            identity_dh=identity_dh, identity_sign=identity_sign, not_before=NOW - DAY, not_after=NOW + DAY,
+            issuer_key_id=ca.active_key_id()).SerializeToString(deterministic=True)
+        signature = ca.sign(certificate.CERT_LABEL + body, ca.active_key_id())
+        return pb.SignedCertificate(certificate=body, signature=signature).SerializeToString()
+
+    files = {"ca-keys": ca.public_keys()[0], "now": NOW.to_bytes(8, "big"), "good": signed(ik, is_),
+             "dh-bit-255": signed(ik[:31] + bytes([ik[31] | 0x80]), is_),
+             "dh-not-below-p": signed((2**255 - 19).to_bytes(32, "little"), is_),
+             "sign-non-canonical": signed(ik, b"\x01" + bytes(30) + b"\x80")}
+    for name, data in files.items():
+        (cases / (name + ".bin")).write_bytes(data)
+    script = DEVICE_TESTS / "check_non_canonical_certificates.py"
+    if runtime == "micropython":
+        out = micropython.run(script, str(root), str(cases))
+    else:
+        proc = subprocess.run([sys.executable, str(script), str(root), str(cases)], capture_output=True,
+                              text=True,
+                              env=dict(os.environ, PYTHONPATH="%s:%s" % (ROOT / "firmware", DEVICE_TESTS)))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = proc.stdout
+    assert out.strip() == "ok non-canonical certificates", out

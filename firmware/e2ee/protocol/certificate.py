@@ -16,7 +16,7 @@ from e2ee.crypto import errors as crypto_errors
 # The wire-format readers of the envelope codec (docs/protocol.md §4): private there, imported on
 # purpose so the device SDK keeps one protobuf reader. They raise envelope.DecodeError subclasses,
 # which the functions here turn into Malformed.
-from e2ee.protocol.envelope import DecodeError, _skip, _take, _varint
+from e2ee.protocol.envelope import DecodeError, _skip, _take, _varint, canonical_ed25519, canonical_x25519
 
 try:
     from micropython import const
@@ -266,8 +266,8 @@ def _decode_certificate(data):
         raise Malformed("DeviceCertificate: not_after %d is not after not_before %d" % (not_after, not_before))
     cert = Certificate(_fixed(v, 2, "DeviceCertificate", "serial", SERIAL_SIZE),
                        _name(v[3], 3, "device_id", MAX_NAME), _name(v[4], 4, "fleet", MAX_NAME),
-                       _fixed(v, 5, "DeviceCertificate", "identity_dh", KEY_SIZE),
-                       _fixed(v, 6, "DeviceCertificate", "identity_sign", KEY_SIZE),
+                       _public(v, 5, "identity_dh", canonical_x25519),
+                       _public(v, 6, "identity_sign", canonical_ed25519),
                        tuple(roles), not_before, not_after,
                        _fixed(v, 10, "DeviceCertificate", "issuer_key_id", KEY_ID_SIZE))
     return cert, body, signature
@@ -368,6 +368,16 @@ def _fixed(values, field, name, what, size):
     if got != size:
         raise Malformed("%s field %d (%s): %d bytes, expected %d" % (name, field, what, got, size))
     return bytes(value)
+
+
+# An identity key of a DeviceCertificate: 32 bytes, canonical(key) (finding 7: a second encoding
+# of a device's keys would certify "other" keys that are the same).
+def _public(values, field, what, canonical):
+    key = _fixed(values, field, "DeviceCertificate", what, KEY_SIZE)
+    if not canonical(key):
+        raise Malformed("DeviceCertificate field %d (%s): not a canonical public key encoding" % (
+            field, what))
+    return key
 
 
 # A device_id, fleet or role: 1..limit bytes of A-Z a-z 0-9 . _ - (nothing MQTT treats specially:

@@ -112,6 +112,51 @@ class EncodeError(EnvelopeError):
     pass
 
 
+# ---- canonical public keys (§1, audit finding 7) ------------------------------------------
+# X25519 ignores bit 255 of a public key and reduces it mod p = 2^255 - 19 (RFC 7748 §5), so one
+# key has several 32-byte encodings; a duplicate check on bytes (a PreKeyMessage's base key, §6)
+# then passes for the same key in another encoding. Only the canonical encoding is accepted
+# anywhere a peer's key enters: u < p, bit 255 clear. For Ed25519 (RFC 8032 §5.1.3) y < p, and no
+# sign bit on x = 0 (y = 1 or y = p - 1). Equal keys then have equal bytes.
+
+
+# True when the 255-bit little-endian value of key (bit 255 ignored) is below p = 2^255 - 19.
+def _below_p(key):
+    if key[31] & 0x7F != 0x7F or key[0] < 0xED:
+        return True
+    for i in range(1, 31):
+        if key[i] != 0xFF:
+            return True
+    return False
+
+
+# True when key (32 bytes) is the canonical encoding of an X25519 public key.
+def canonical_x25519(key):
+    return len(key) == KEY_SIZE and not key[31] & 0x80 and _below_p(key)
+
+
+# True when key (32 bytes) is a canonical Ed25519 point encoding (whether it is on the curve is
+# the verifier's business).
+def canonical_ed25519(key):
+    if len(key) != KEY_SIZE or not _below_p(key):
+        return False
+    if not key[31] & 0x80:
+        return True
+    # the sign bit on y = 1 (01 00..00 00) or y = p - 1 (ec ff..ff 7f): x = 0 has no sign
+    if key[0] == 1:
+        fill = 0
+    elif key[0] == 0xEC:
+        fill = 0xFF
+    else:
+        return True
+    if key[31] & 0x7F != fill & 0x7F:
+        return True
+    for i in range(1, 31):
+        if key[i] != fill:
+            return True
+    return False
+
+
 # Writes the §3 header H = dh || be32(pn) || be32(n) into out at pos; returns the end offset.
 def header_into(out, pos, dh, pn, n):
     _check_key("dh", dh)
@@ -225,6 +270,7 @@ class RatchetMessage(_Record):
     # Raises EncodeError unless every field can be encoded.
     def check(self):
         _check_key("dh", self.dh)
+        _check_canonical("dh", self.dh, canonical_x25519)
         _check_uint32("pn", self.pn)
         _check_uint32("n", self.n)
         size = len(self.ciphertext)
@@ -253,7 +299,7 @@ class RatchetMessage(_Record):
         if size < TAG_SIZE:
             raise BadField("RatchetMessage field 4 (ciphertext): %d bytes, less than the %d-byte tag" % (
                 size, TAG_SIZE))
-        return cls(_key(v, 1, cls.NAME, "dh"), v[2] or 0, v[3] or 0, ciphertext)
+        return cls(_key(v, 1, cls.NAME, "dh", canonical_x25519), v[2] or 0, v[3] or 0, ciphertext)
 
     def _fields(self):
         return (self.dh, self.pn, self.n, self.ciphertext)
@@ -284,6 +330,9 @@ class PreKeyMessage(_Record):
         _check_key("identity_dh", self.identity_dh)
         _check_key("identity_sign", self.identity_sign)
         _check_key("base_key", self.base_key)
+        _check_canonical("identity_dh", self.identity_dh, canonical_x25519)
+        _check_canonical("identity_sign", self.identity_sign, canonical_ed25519)
+        _check_canonical("base_key", self.base_key, canonical_x25519)
         _check_uint32("signed_prekey_id", self.signed_prekey_id)
         _check_uint32("one_time_prekey_id", self.one_time_prekey_id)
         if not isinstance(self.message, RatchetMessage):
@@ -321,8 +370,9 @@ class PreKeyMessage(_Record):
         if len(cert) > MAX_SENDER_CERTIFICATE:
             raise Oversize("PreKeyMessage field 7 (sender_certificate): %d bytes exceeds %d" % (
                 len(cert), MAX_SENDER_CERTIFICATE))
-        return cls(_key(v, 1, cls.NAME, "identity_dh"), _key(v, 2, cls.NAME, "identity_sign"),
-                   _key(v, 3, cls.NAME, "base_key"), v[4] or 0, v[5] or 0,
+        return cls(_key(v, 1, cls.NAME, "identity_dh", canonical_x25519),
+                   _key(v, 2, cls.NAME, "identity_sign", canonical_ed25519),
+                   _key(v, 3, cls.NAME, "base_key", canonical_x25519), v[4] or 0, v[5] or 0,
                    RatchetMessage.decode_body(v[6]), cert)
 
     def _fields(self):
@@ -479,12 +529,14 @@ def _skip(mv, pos, end, name, field, wt):
     raise BadField("%s field %d: wire type %d is not allowed" % (name, field, wt))
 
 
-# A decoded key field as bytes; BadField unless it is exactly 32 bytes.
-def _key(values, field, name, what):
+# A decoded key field as bytes; BadField unless it is exactly 32 bytes and canonical(key).
+def _key(values, field, name, what, canonical):
     value = values[field]
     size = 0 if value is None else len(value)
     if size != KEY_SIZE:
         raise BadField("%s field %d (%s): %d bytes, expected %d" % (name, field, what, size, KEY_SIZE))
+    if not canonical(value):
+        raise BadField("%s field %d (%s): not a canonical public key encoding" % (name, field, what))
     return bytes(value)
 
 
@@ -494,6 +546,11 @@ def _key(values, field, name, what):
 def _check_key(what, value):
     if len(value) != KEY_SIZE:
         raise EncodeError("%s is %d bytes, expected %d" % (what, len(value), KEY_SIZE))
+
+
+def _check_canonical(what, value, canonical):
+    if not canonical(value):
+        raise EncodeError("%s is not a canonical public key encoding" % what)
 
 
 def _check_uint32(what, value):

@@ -8,6 +8,7 @@
 import struct
 
 from e2ee import crypto
+from e2ee.protocol.envelope import canonical_ed25519, canonical_x25519
 
 try:
     from micropython import const
@@ -80,6 +81,14 @@ def _check_key(what, value, size, error):
         got = len(value) if isinstance(value, _BUFFER_TYPES) else -1
         raise error("%s must be %d bytes, got %d" % (what, size, got))
     return bytes(value)
+
+
+# A bundle's public key: 32 bytes, canonical(key) (InvalidBundle otherwise).
+def _public(what, value, canonical):
+    key = _check_key(what, value, KEY_SIZE, InvalidBundle)
+    if not canonical(key):
+        raise InvalidBundle("%s is not a canonical public key encoding" % what)
+    return key
 
 
 def _check_id(what, value, error, allow_zero=False):
@@ -298,19 +307,20 @@ class SignedPrekey(_Prekey):
 
 # The public prekey bundle a device publishes (§2): identity keys, one signed prekey and
 # optionally one one-time prekey (opk_id and opk_pub both set or both None).
-# Construction checks types, lengths and id ranges (InvalidBundle); the signature is checked by
+# Construction checks types, lengths, id ranges and that every public key is canonical
+# (InvalidBundle; envelope.canonical_x25519, audit finding 7); the signature is checked by
 # x3dh.initiate() before the bundle is used.
 class PrekeyBundle:
     def __init__(self, ik_pub, is_pub, spk_id, spk_pub, spk_sig, opk_id=None, opk_pub=None):
-        self.ik_pub = _check_key("bundle IK", ik_pub, KEY_SIZE, InvalidBundle)
-        self.is_pub = _check_key("bundle IS", is_pub, KEY_SIZE, InvalidBundle)
+        self.ik_pub = _public("bundle IK", ik_pub, canonical_x25519)
+        self.is_pub = _public("bundle IS", is_pub, canonical_ed25519)
         self.spk_id = _check_id("bundle spk_id", spk_id, InvalidBundle, True)
-        self.spk_pub = _check_key("bundle SPK", spk_pub, KEY_SIZE, InvalidBundle)
+        self.spk_pub = _public("bundle SPK", spk_pub, canonical_x25519)
         self.spk_sig = _check_key("bundle SPK signature", spk_sig, SIGNATURE_SIZE, InvalidBundle)
         if (opk_id is None) != (opk_pub is None):
             raise InvalidBundle("bundle has only one of opk_id and opk_pub")
         self.opk_id = None if opk_id is None else _check_id("bundle opk_id", opk_id, InvalidBundle)
-        self.opk_pub = None if opk_pub is None else _check_key("bundle OPK", opk_pub, KEY_SIZE, InvalidBundle)
+        self.opk_pub = None if opk_pub is None else _public("bundle OPK", opk_pub, canonical_x25519)
 
     # fmt || IK || IS || be32(spk_id) || SPK || sig [|| be32(opk_id) || OPK]
     def to_bytes(self):

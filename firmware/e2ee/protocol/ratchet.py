@@ -15,7 +15,7 @@ from e2ee.crypto.errors import InvalidLength, InvalidTag, WeakSharedSecret
 from e2ee.protocol import chain_key, root_key
 # §3 header H = DHs.pub || be32(PN) || be32(N); the envelope codec owns its layout (§4 rebuilds
 # H from the decoded fields). header_bytes stays importable from here for callers and tests.
-from e2ee.protocol.envelope import HEADER_SIZE, header_bytes, header_into  # noqa: F401
+from e2ee.protocol.envelope import HEADER_SIZE, canonical_x25519, header_bytes, header_into  # noqa: F401
 
 try:
     from micropython import const
@@ -353,6 +353,8 @@ def _put(out, at, part):
 def _check_header(dh, pn, n):
     if not isinstance(dh, _BUFFER_TYPES) or len(dh) != KEY_SIZE:
         raise InvalidHeader("ratchet key in the header must be %d bytes" % KEY_SIZE)
+    if not canonical_x25519(dh):  # finding 7: one key, one encoding (envelope.py)
+        raise InvalidHeader("ratchet key in the header is not a canonical encoding")
     for value in (pn, n):
         if not isinstance(value, int) or not 0 <= value <= _MAX_COUNTER:
             raise InvalidHeader("PN and N must be uint32")

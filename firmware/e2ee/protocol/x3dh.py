@@ -9,6 +9,7 @@
 # SK is 32 bytes (the Double Ratchet root key, §3); AD is IK_A || IS_A || IK_B || IS_B (128 bytes).
 from e2ee import crypto
 from e2ee.crypto import errors as crypto_errors
+from e2ee.protocol.envelope import canonical_ed25519, canonical_x25519
 from e2ee.protocol.keys import (
     KEY_SIZE,
     LAST_RESORT_ID,
@@ -48,7 +49,7 @@ class WeakSharedSecret(KeyAgreementError):
     pass
 
 
-# A public key in a prekey message that is not 32 bytes.
+# A public key in a prekey message that is not 32 bytes or not canonical (finding 7).
 class InvalidPublicKey(KeyAgreementError):
     pass
 
@@ -87,9 +88,12 @@ def initiate(keystore, bundle, ephemeral=None, rng=None):
 # when no OPK was used or it was the last-resort prekey, which is never deleted.
 # Raises UnknownSignedPrekey / UnknownOneTimePrekey, InvalidPublicKey, WeakSharedSecret.
 def respond(keystore, ik_a, is_a, base_key, spk_id, opk_id=None):
-    for what, key in (("IK_A", ik_a), ("IS_A", is_a), ("base key", base_key)):
+    for what, key, canonical in (("IK_A", ik_a, canonical_x25519), ("IS_A", is_a, canonical_ed25519),
+                                 ("base key", base_key, canonical_x25519)):
         if not isinstance(key, (bytes, bytearray, memoryview)) or len(key) != KEY_SIZE:
             raise InvalidPublicKey("%s must be %d bytes" % (what, KEY_SIZE))
+        if not canonical(key):  # finding 7: another encoding of a key passes byte comparisons
+            raise InvalidPublicKey("%s is not a canonical public key encoding" % what)
     if opk_id == 0:
         opk_id = None
     # Unknown ids fail before any DH is computed.
