@@ -98,9 +98,23 @@ def _receive(template: Path, peer: str, data: bytes, now: int | None = NOW) -> b
         return ok
 
 
-@st.composite
-def ratchet_variants(draw: st.DrawFn, messages: list[bytes], keys: list[bytes]) -> bytes:
+def _wire(record: envelope.RatchetMessage | envelope.PreKeyMessage) -> bytes:
+    """The record's envelope without the encoder's checks: INTERESTING_KEYS holds non-canonical
+    keys, which envelope.encode refuses (finding 7) and the receiver must refuse when decoding."""
+    body = record._body_size()
+    out = bytearray(envelope._envelope_size(body))
+    record._put_envelope(out, 0, body)
+    return bytes(out)
+
+
+def ratchet_variants(messages: list[bytes], keys: list[bytes]) -> st.SearchStrategy[bytes]:
     """A real RatchetMessage with its header fields (dh, pn, n) and ciphertext length changed."""
+    return ratchet_records(messages, keys).map(_wire)
+
+
+@st.composite
+def ratchet_records(draw: st.DrawFn, messages: list[bytes], keys: list[bytes]) -> envelope.RatchetMessage:
+    """The record of ratchet_variants (its dh may be non-canonical)."""
     msg = envelope.decode(draw(st.sampled_from(messages)))
     msg = msg.message if isinstance(msg, envelope.PreKeyMessage) else msg
     dh = draw(st.sampled_from([msg.dh] + keys + list(INTERESTING_KEYS)))
@@ -109,7 +123,7 @@ def ratchet_variants(draw: st.DrawFn, messages: list[bytes], keys: list[bytes]) 
     ciphertext = bytes(msg.ciphertext)
     if draw(st.booleans()):
         ciphertext = ciphertext[:draw(st.integers(envelope.TAG_SIZE, len(ciphertext)))]
-    return bytes(envelope.encode(envelope.RatchetMessage(dh, pn, n & 0xFFFFFFFF, ciphertext)))
+    return envelope.RatchetMessage(dh, pn, n & 0xFFFFFFFF, ciphertext)
 
 
 @st.composite
@@ -121,12 +135,12 @@ def prekey_variants(draw: st.DrawFn, pair: Pair) -> bytes:
     ids = st.sampled_from((None, 0, 1, 2, 3, 0xFFFFFFFF))
     spk_id, opk_id = draw(ids), draw(ids)
     cert = draw(st.sampled_from([None, b""] + pair.certificates))
-    inner = envelope.decode(draw(ratchet_variants(pair.prekeys, pair.keys))) if draw(st.booleans()) else None
-    return bytes(envelope.encode(envelope.PreKeyMessage(
+    inner = draw(ratchet_records(pair.prekeys, pair.keys)) if draw(st.booleans()) else None
+    return _wire(envelope.PreKeyMessage(
         ik or msg.identity_dh, is_ or msg.identity_sign, base or msg.base_key,
         msg.signed_prekey_id if spk_id is None else spk_id,
         msg.one_time_prekey_id if opk_id is None else opk_id,
-        inner or msg.message, bytes(msg.sender_certificate) if cert is None else cert)))
+        inner or msg.message, bytes(msg.sender_certificate) if cert is None else cert))
 
 
 @fuzz

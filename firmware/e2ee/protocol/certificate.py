@@ -16,7 +16,8 @@ from e2ee.crypto import errors as crypto_errors
 # The wire-format readers of the envelope codec (docs/protocol.md §4): private there, imported on
 # purpose so the device SDK keeps one protobuf reader. They raise envelope.DecodeError subclasses,
 # which the functions here turn into Malformed.
-from e2ee.protocol.envelope import DecodeError, _skip, _take, _varint, canonical_ed25519, canonical_x25519
+from e2ee.protocol.envelope import DecodeError, _skip, _take, _varint
+from e2ee.protocol.public_key import canonical_ed25519, canonical_x25519
 
 try:
     from micropython import const

@@ -11,6 +11,9 @@
 # Error messages carry field numbers, sizes and offsets, never payload bytes.
 import struct
 
+# Canonical public keys (finding 7): the codec refuses other encodings of peer keys.
+from e2ee.protocol.public_key import canonical_ed25519, canonical_x25519  # noqa: F401
+
 try:
     from micropython import const
 except ImportError:
@@ -110,51 +113,6 @@ class WrongType(DecodeError):
 # A record field that cannot be encoded (wrong key size, counter out of range, oversize).
 class EncodeError(EnvelopeError):
     pass
-
-
-# ---- canonical public keys (§1, audit finding 7) ------------------------------------------
-# X25519 ignores bit 255 of a public key and reduces it mod p = 2^255 - 19 (RFC 7748 §5), so one
-# key has several 32-byte encodings; a duplicate check on bytes (a PreKeyMessage's base key, §6)
-# then passes for the same key in another encoding. Only the canonical encoding is accepted
-# anywhere a peer's key enters: u < p, bit 255 clear. For Ed25519 (RFC 8032 §5.1.3) y < p, and no
-# sign bit on x = 0 (y = 1 or y = p - 1). Equal keys then have equal bytes.
-
-
-# True when the 255-bit little-endian value of key (bit 255 ignored) is below p = 2^255 - 19.
-def _below_p(key):
-    if key[31] & 0x7F != 0x7F or key[0] < 0xED:
-        return True
-    for i in range(1, 31):
-        if key[i] != 0xFF:
-            return True
-    return False
-
-
-# True when key (32 bytes) is the canonical encoding of an X25519 public key.
-def canonical_x25519(key):
-    return len(key) == KEY_SIZE and not key[31] & 0x80 and _below_p(key)
-
-
-# True when key (32 bytes) is a canonical Ed25519 point encoding (whether it is on the curve is
-# the verifier's business).
-def canonical_ed25519(key):
-    if len(key) != KEY_SIZE or not _below_p(key):
-        return False
-    if not key[31] & 0x80:
-        return True
-    # the sign bit on y = 1 (01 00..00 00) or y = p - 1 (ec ff..ff 7f): x = 0 has no sign
-    if key[0] == 1:
-        fill = 0
-    elif key[0] == 0xEC:
-        fill = 0xFF
-    else:
-        return True
-    if key[31] & 0x7F != fill & 0x7F:
-        return True
-    for i in range(1, 31):
-        if key[i] != fill:
-            return True
-    return False
 
 
 # Writes the §3 header H = dh || be32(pn) || be32(n) into out at pos; returns the end offset.

@@ -8,7 +8,7 @@
 import struct
 
 from e2ee import crypto
-from e2ee.protocol.envelope import canonical_ed25519, canonical_x25519
+from e2ee.protocol.public_key import canonical_ed25519, canonical_x25519
 
 try:
     from micropython import const

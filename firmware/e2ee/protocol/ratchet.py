@@ -15,7 +15,8 @@ from e2ee.crypto.errors import InvalidLength, InvalidTag, WeakSharedSecret
 from e2ee.protocol import chain_key, root_key
 # §3 header H = DHs.pub || be32(PN) || be32(N); the envelope codec owns its layout (§4 rebuilds
 # H from the decoded fields). header_bytes stays importable from here for callers and tests.
-from e2ee.protocol.envelope import HEADER_SIZE, canonical_x25519, header_bytes, header_into  # noqa: F401
+from e2ee.protocol.envelope import HEADER_SIZE, header_bytes, header_into  # noqa: F401
+from e2ee.protocol.public_key import canonical_x25519
 
 try:
     from micropython import const

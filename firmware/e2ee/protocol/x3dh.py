@@ -9,7 +9,7 @@
 # SK is 32 bytes (the Double Ratchet root key, §3); AD is IK_A || IS_A || IK_B || IS_B (128 bytes).
 from e2ee import crypto
 from e2ee.crypto import errors as crypto_errors
-from e2ee.protocol.envelope import canonical_ed25519, canonical_x25519
+from e2ee.protocol.public_key import canonical_ed25519, canonical_x25519
 from e2ee.protocol.keys import (
     KEY_SIZE,
     LAST_RESORT_ID,
