@@ -58,9 +58,8 @@ _OLD_INDEX = "peer-index"
 _HASHED = "_"
 # Session record: format byte, flags, the peer's identity (IK.pub || IS.pub), in version 2 the
 # peer's certificate serial and not_after, the current state's X3DH facts per flag, in version 3
-# the archive, then the current ratchet state (ratchet.py). Version 1 (0x41, no certificate) is
-# still written for uncertified sessions, so managers without a TrustStore keep their records
-# byte for byte, and read everywhere. Version 3 keeps the format byte (0x41 or 0x42: whether the
+# the archive, then the current ratchet state (ratchet.py). The format byte 0x41 (no certificate)
+# is still written for uncertified sessions and read everywhere. Version 3 keeps the format byte (0x41 or 0x42: whether the
 # session is certified) and sets flag _ARCHIVE; its archive section starts with ARCHIVE_FORMAT.
 # Readers of versions 1 and 2 refuse the unknown flag (BadRecord) instead of misreading it.
 # Version 4 (flag _PEER, always written now) ends the record with the peer's device id and its
