@@ -30,3 +30,28 @@ def _names(family):
     if isinstance(family, tuple):
         return ", ".join([c.__name__ for c in family])
     return family.__name__
+
+
+# An in-memory socket for the MQTT client (client._bind): reads from `data`, keeps what is written.
+class Stream:
+    def __init__(self, data=b""):
+        self.data = memoryview(bytes(data))
+        self.out = bytearray()
+
+    def readinto(self, mv):
+        n = min(len(mv), len(self.data))
+        mv[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+    def read(self, n):
+        got = bytes(self.data[:n])
+        self.data = self.data[n:]
+        return got
+
+    def write(self, b):
+        self.out += b
+        return len(b)
+
+    def close(self):
+        pass

@@ -20,6 +20,7 @@ import os
 import sys
 
 import vectorfile
+from checks import Stream
 from e2ee.protocol import certificate, envelope, linking, session
 from e2ee.protocol.group import GroupSessions
 from e2ee.protocol.keys import KeyFormatError, PrekeyBundle
@@ -121,28 +122,6 @@ def b32(data):
     if bits:
         out.append(_B32[(acc << (5 - bits)) & 31])
     return out.decode()
-
-
-class Stream:
-    def __init__(self, data):
-        self.data = memoryview(data)
-
-    def readinto(self, mv):
-        n = min(len(mv), len(self.data))
-        mv[:n] = self.data[:n]
-        self.data = self.data[n:]
-        return n
-
-    def read(self, n):
-        got = bytes(self.data[:n])
-        self.data = self.data[n:]
-        return got
-
-    def write(self, b):
-        return len(b)
-
-    def close(self):
-        pass
 
 
 class Targets:

@@ -11,7 +11,7 @@
 # Prints "ok <check>" for each check that held and "FAIL <check>: <error>" for each that did not,
 # then exits 1 if any failed. The link's clock is replaced by a logical one where a check is about
 # keepalive time; waits for the network are polling loops with a generous deadline.
-from checks import raises, raises_in
+from checks import Stream, raises, raises_in
 import errno
 import gc
 import os
@@ -92,30 +92,6 @@ class Clock:
 
 
 # An in-memory socket: what the client reads comes from `data`, what it writes goes to `out`.
-class Stream:
-    def __init__(self, data=b""):
-        self.data = memoryview(bytes(data))
-        self.out = bytearray()
-
-    def readinto(self, mv):
-        n = min(len(mv), len(self.data))
-        mv[:n] = self.data[:n]
-        self.data = self.data[n:]
-        return n
-
-    def read(self, n):
-        got = bytes(self.data[:n])
-        self.data = self.data[n:]
-        return got
-
-    def write(self, b):
-        self.out += b
-        return len(b)
-
-    def close(self):
-        pass
-
-
 def streamed(data=b"", **kw):
     c = MQTTClient("unit", "127.0.0.1", 1, **kw)
     c._bind(Stream(data))
