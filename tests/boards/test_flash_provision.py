@@ -107,7 +107,7 @@ def test_board_virtual_command(tmp_path) -> None:  # type: ignore[no-untyped-def
             assert link.exec("print(6 * 7)").strip() == "42"
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "powered off" in out
     assert os.path.isdir(tmp_path / "f")
