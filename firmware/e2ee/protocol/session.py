@@ -399,11 +399,7 @@ class SessionManager:
     # take (finding 2: the "p" + hash names before were enrollable ids). The record holds the id
     # too, and every load checks it (_find).
     def _name(self, peer):
-        _check_peer_id(peer)
-        if (len(peer) <= _MAX_NAME and peer[0] != _HASHED and peer != _OLD_INDEX
-                and all(c in _NAME_CHARS for c in peer)):
-            return peer
-        return _HASHED + hexlify(hashlib.sha256(peer.encode()).digest()[:15]).decode()
+        return record_name(peer)
 
     def _index(self):
         try:
@@ -457,6 +453,12 @@ class SessionManager:
     def peer_certificate(self, peer):
         record = self._load(peer)
         return None if record.serial is None else (record.serial, record.not_after)
+
+    # The current state's own ratchet public key (the `dh` of the messages it sends), or None
+    # when there is no session: what a session reset request must name (§8).
+    def sending_key(self, peer):
+        record = self._find(peer)
+        return None if record is None else record.states[0].session(self._rng).ratchet_public
 
     # The stored bytes of a peer's session record (encrypted file contents are not exposed).
     def session_bytes(self, peer):
@@ -650,6 +652,16 @@ class SessionManager:
         if delete_opk is not None and self.keystore.remove_one_time_prekey(delete_opk):
             self.save_keys()  # only now: a forged prekey message cannot burn a one-time prekey
         return plaintext
+
+
+# §6 "Record names": the record name of a peer id (BadPeerId if it is no device id). Other
+# per-peer stores (delivery.py) use the same names.
+def record_name(peer):
+    _check_peer_id(peer)
+    if (len(peer) <= _MAX_NAME and peer[0] != _HASHED and peer != _OLD_INDEX
+            and all(c in _NAME_CHARS for c in peer)):
+        return peer
+    return _HASHED + hexlify(hashlib.sha256(peer.encode()).digest()[:15]).decode()
 
 
 # Raises BadPeerId unless `peer` is a device id: 1.._MAX_ID characters of _ID_CHARS.

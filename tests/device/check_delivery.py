@@ -1,0 +1,255 @@
+# End-to-end delivery (docs/protocol.md §8) on MicroPython and CPython: the outbox, receipts,
+# the window, exactly-once by message id across resends and session resets, signed reset
+# requests (forged, replayed, too soon), expiry, reopening after a reboot.
+# Usage: check_delivery.py <empty directory>   (prints "ok delivery")
+import sys
+
+from e2ee.protocol import delivery, envelope, ratchet
+from e2ee.protocol.delivery import (DELIVERED, FAILED, SENT, Delivery, Malformed, OutboxFull, ResetRefused,
+                                    Undeliverable)
+from e2ee.protocol.session import NoSession, SessionManager
+
+KEY = bytes(range(32))
+ROOT = sys.argv[1]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000
+
+    def __call__(self):
+        return self.t
+
+
+class Node:
+    # One device: sessions, delivery, what it delivered to its application, statuses it heard.
+    def __init__(self, name, clock, sessions=None, **kw):
+        self.name = name
+        self.sessions = sessions or SessionManager.create(ROOT + "/" + name, KEY, one_time=4)
+        self.got = []
+        self.status = []
+        self.kw = kw
+        self.clock = clock
+        self.open()
+
+    def open(self):
+        self.d = Delivery(self.sessions, ROOT + "/" + self.name, KEY, self.name, starter=self.start,
+                          on_status=lambda peer, seq, status, reason: self.status.append((peer, seq, status, reason)),
+                          clock=self.clock, **self.kw)
+
+    def start(self, peer):
+        other = NODES[peer]
+        self.sessions.start(peer, other.sessions.bundle())
+
+    def deliver(self, sender, payload):
+        self.got.append((sender, bytes(payload)))
+
+
+NODES = {}
+WIRE = []  # (to, sender, envelope): the broker
+
+
+def publish_from(node):
+    def publish(peer, wire):
+        WIRE.append((peer, node.name, bytes(wire)))
+    return publish
+
+
+def pump(drop=None, rounds=50):
+    # Flushes every node and hands the wire over until nothing moves; drop(i, item) -> True loses it.
+    i = 0
+    for _ in range(rounds):
+        for node in NODES.values():
+            node.d.flush(publish_from(node))
+        if not WIRE:
+            return
+        batch = WIRE[:]
+        del WIRE[:]
+        for item in batch:
+            i += 1
+            if drop is not None and drop(i, item):
+                continue
+            to, sender, wire = item
+            try:
+                NODES[to].d.handle(sender, wire, NODES[to].deliver)
+            except (ValueError,) + tuple(delivery.MESSAGE_ERRORS):
+                pass
+    raise AssertionError("the network did not settle")
+
+
+def statuses(node, status):
+    return [s for (_, s, st, _) in node.status if st == status]
+
+
+def expect(error, fn, *args):
+    try:
+        fn(*args)
+    except error as e:
+        return e
+    raise AssertionError("no %s" % error.__name__)
+
+
+def payloads(n, start=0):
+    return [b"m%d" % i for i in range(start, start + n)]
+
+
+def main():
+    clock = Clock()
+    a = NODES["alice"] = Node("alice", clock)
+    b = NODES["bob"] = Node("bob", clock)
+
+    # The window: 40 queued, 16 go out before a receipt comes back.
+    for m in payloads(40):
+        a.d.send("bob", m)
+    assert a.d.pending("bob") == 40
+    a.start("bob")
+    a.d.flush(publish_from(a))
+    assert len(WIRE) == delivery.WINDOW, len(WIRE)
+    pump()
+    assert [p for _, p in b.got] == payloads(40), "not all, once, in order"
+    assert sorted(statuses(a, DELIVERED)) == list(range(1, 41)) and a.d.pending("bob") == 0
+
+    # A lossy network: every 5th message lost (data and receipts); selective receipts and a
+    # reconnect bring everything, each delivered once.
+    del b.got[:]
+    for m in payloads(30, 100):
+        a.d.send("bob", m)
+    pump(drop=lambda i, item: i % 5 == 0)
+    for _ in range(6):
+        clock.t += 100
+        a.d.reconnected()
+        pump(drop=lambda i, item: i % 7 == 0)
+    clock.t += 100
+    a.d.reconnected()
+    pump()
+    got = [p for _, p in b.got]
+    assert sorted(got) == sorted(payloads(30, 100)) and len(got) == 30, got
+    assert a.d.pending("bob") == 0
+
+    # A reboot of both: the outbox and the receiver's record of what it delivered stay.
+    for m in payloads(3, 200):
+        a.d.send("bob", m)
+    a.d.flush(publish_from(a))
+    held = WIRE[:]
+    del WIRE[:]
+    a.open()
+    b.open()
+    assert a.d.pending("bob") == 3
+    pump()  # a fresh Delivery sends everything in its window again
+    for item in held:  # the first copies arrive late: duplicates, not delivered twice
+        b.d.handle(item[1], item[2], b.deliver)
+    pump()
+    assert [p for _, p in b.got[-3:]] == payloads(3, 200) and len(b.got) == 33
+
+    # A forced gap of 100 lost messages: bob cannot decrypt (TooManySkipped), asks alice for a
+    # reset, alice starts a new session and resends; the next message decrypts.
+    for _ in range(100):
+        a.sessions.encrypt("bob", delivery.encode_data(b"\x00" * 8, 1, b"lost"))
+    a.d.send("bob", b"after the gap")
+    a.d.flush(publish_from(a))
+    to, sender, wire = WIRE.pop()
+    expect(ratchet.TooManySkipped, b.d.handle, sender, wire, b.deliver)
+    b.d.flush(publish_from(b))
+    to, sender, reset = WIRE.pop()
+    assert to == "alice" and isinstance(envelope.decode(reset), envelope.Control)
+    # forged: a fleet member signs with its own identity in bob's name; damaged; wrong size
+    mallory = SessionManager.create(ROOT + "/mallory", KEY, one_time=1)
+    control = envelope.decode(reset)
+    dh = bytes(control.payload[:32])
+    forged = envelope.encode(envelope.Control(envelope.SESSION_RESET, dh + mallory.keystore.sign(
+        delivery.reset_message("bob", "alice", dh))))
+    expect(ResetRefused, a.d.handle, "bob", forged, a.deliver)
+    flipped = bytearray(reset)
+    flipped[-1] ^= 1
+    expect(ResetRefused, a.d.handle, "bob", bytes(flipped), a.deliver)
+    expect(Malformed, a.d.handle, "bob", envelope.encode(envelope.Control(envelope.SESSION_RESET, b"x")), a.deliver)
+    expect(ResetRefused, a.d.handle, "carol", reset, a.deliver)  # no session with carol
+    assert a.d.resets_taken == 0
+    key_before = a.sessions.sending_key("bob")
+    a.d.handle("bob", reset, a.deliver)
+    assert a.d.resets_taken == 1
+    pump()
+    assert a.sessions.sending_key("bob") != key_before, "no new session"
+    assert b.got[-1] == ("alice", b"after the gap") and a.d.pending("bob") == 0
+    # the same request again names a key alice no longer sends with (and is too soon anyway)
+    expect(ResetRefused, a.d.handle, "bob", reset, a.deliver)
+    assert a.d.resets_taken == 1
+
+    # Bob loses his sessions (NoSession): the reset heals it; a message already delivered
+    # before the reset is not delivered again when resent.
+    for name in b.sessions.peers():
+        b.sessions._sessions.delete(name)
+    clock.t += delivery.RESET_INTERVAL
+    a.d.send("bob", b"into the void")
+    a.d.flush(publish_from(a))
+    to, sender, wire = WIRE.pop()
+    expect(NoSession, b.d.handle, sender, wire, b.deliver)
+    n = len(b.got)
+    pump()
+    assert b.got[n:] == [("alice", b"into the void")], b.got[n:]
+    assert b.d.resets_asked == 2 and a.d.resets_taken == 2
+    # and bob can answer on the new session
+    b.d.send("alice", b"hello alice")
+    pump()
+    assert a.got == [("bob", b"hello alice")] and statuses(b, DELIVERED) == [1]
+
+    # A second reset within the interval is refused (no endless X3DH).
+    for _ in range(40):
+        a.sessions.encrypt("bob", b"x")
+    a.d.send("bob", b"second gap")
+    a.d.flush(publish_from(a))
+    to, sender, wire = WIRE.pop()
+    expect(ratchet.TooManySkipped, b.d.handle, sender, wire, b.deliver)
+    b.d.flush(publish_from(b))
+    assert not WIRE, "a reset request within the interval"
+    clock.t += delivery.RESET_INTERVAL  # bob may ask again: the waiting request goes out
+    b.d.flush(publish_from(b))
+    to, sender, reset = WIRE.pop()
+    a.d._peers["bob"].reset_taken = clock.t - 1
+    expect(ResetRefused, a.d.handle, "bob", reset, a.deliver)
+    a.d._peers["bob"].reset_taken = None
+    a.d.handle("bob", reset, a.deliver)
+    pump()
+    assert b.got[-1] == ("alice", b"second gap")
+
+    # Bounds: a full outbox refuses; an oversize payload refuses; nothing stored either way.
+    small = Node("dora", clock, max_outbox=3)
+    NODES["dora"] = small
+    for m in payloads(3):
+        small.d.send("bob", m)
+    expect(OutboxFull, small.d.send, "bob", b"one too many")
+    expect(delivery.DeliveryError, small.d.send, "bob", bytes(delivery.MAX_PAYLOAD + 1))
+    assert small.d.pending("bob") == 3
+    # Expiry: no receipt within the ttl fails each message, with the reason; none is silent.
+    small.d.flush(lambda peer, wire: None)  # published into nowhere (bob offline, queue lost)
+    assert statuses(small, SENT) == [1, 2, 3]
+    clock.t += delivery.TTL
+    small.d.flush(lambda peer, wire: None)
+    failed = [(s, r) for (_, s, st, r) in small.status if st == FAILED]
+    assert [s for s, _ in failed] == [1, 2, 3] and "no receipt" in failed[0][1], failed
+    assert small.d.pending("bob") == 0
+
+    # A starter that says never (revoked, no such device) fails the queue with its reason.
+    def never(peer):
+        raise Undeliverable("%s is revoked" % peer)
+    ghost = Node("ghost", clock)
+    ghost.d._starter = never
+    ghost.d.send("nobody", b"x")
+    ghost.d.flush(lambda peer, wire: None)
+    assert [(s, st) for (_, s, st, _) in ghost.status] == [(1, FAILED)] and "revoked" in ghost.status[0][3]
+
+    # Plaintexts that are no delivery record are refused (typed).
+    expect(Malformed, delivery.decode, b"")
+    expect(Malformed, delivery.decode, b"\x01short")
+    expect(Malformed, delivery.decode, delivery.encode_data(b"\x00" * 8, 0, b""))
+    expect(Malformed, delivery.decode, delivery.encode_receipt(b"\x00" * 8, 0, 1 << delivery.BITS))
+    # The receiver's bitmap: out of order, duplicates, slides past the window.
+    entry = [b"s" * 8, 0, 0]
+    for seq, new in ((2, True), (1, True), (2, False), (5, True), (3, True), (4, True), (4, False)):
+        assert delivery._mark(entry, seq) is new, (seq, entry)
+    assert entry[1:] == [5, 0]
+    assert delivery._mark(entry, 5 + delivery.BITS + 3) and entry[1] == 8
+    print("ok delivery")
+
+
+main()
