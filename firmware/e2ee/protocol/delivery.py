@@ -152,6 +152,7 @@ class _Peer:
         self.box = None  # the outbox store, opened on first use
         self.seqs = None  # outbox entries: seq -> created (seconds)
         self.tx = {}  # seq -> [transmission number, when, count]: on the way since then
+        self.sends = {}  # seq -> times sent, for a message due again (its resend backoff)
         self.txn = 0
         self.receipt = False  # a receipt is due
         self.reset_dh = None  # a reset request to send, naming this key
@@ -196,8 +197,12 @@ class Delivery:
             p = self._state.get_with(name, _load_state)
             if p is not None:
                 self._load_box(p)
+                for seq in list(p.tx):
+                    if seq not in p.seqs:
+                        del p.tx[seq]
                 if p.seqs:
                     self._peers[p.peer] = p
+        self.reconnected()  # a restart is a reconnect: messages on the way are resent after their wait
 
     def __repr__(self):
         return "<Delivery %s peers=%d>" % (self.device_id, len(self._peers))
@@ -228,9 +233,13 @@ class Delivery:
                 p.seqs[int(n[:8], 16)] = int(n[9:], 16)
         return p.box
 
+    # State record (§8): _STATE_FORMAT || stream (8, zeros: none yet) || be32 next || u8 n ||
+    # n x (stream (8) || be32 low || be32 bits) || u8 m || m x (be32 seq || be32 when || u8 count)
+    # (messages on the way: when last sent, how often) || peer id || u8 len(peer id).
     def _save(self, p):
         r = p.peer.encode()
-        out = bytearray(15 + 16 * len(p.inbound) + len(r))
+        flight = [(seq, p.tx[seq]) for seq in sorted(p.tx)][:255]
+        out = bytearray(16 + 16 * len(p.inbound) + 9 * len(flight) + len(r))
         out[0] = _STATE_FORMAT
         if p.stream is not None:
             out[1:9] = p.stream
@@ -240,6 +249,11 @@ class Delivery:
             out[pos:pos + 8] = stream
             struct.pack_into(">II", out, pos + 8, low, bits)
             pos += 16
+        out[pos] = len(flight)
+        pos += 1
+        for seq, t in flight:
+            struct.pack_into(">IIB", out, pos, seq, int(t[1]) & 0xFFFFFFFF, min(t[2], 255))
+            pos += 9
         out[pos:pos + len(r)] = r
         out[-1] = len(r)
         self._state.put(p.name, out)
@@ -287,6 +301,7 @@ class Delivery:
                 txn, when, count = p.tx[seq]
                 if now - when >= min(1 << min(count, 12), _RESEND_MAX):
                     del p.tx[seq]
+                    p.sends[seq] = count
 
     # Publishes what is due with publish(peer, envelope_bytes): reset requests, receipts, then
     # data within each peer's window (starting sessions first where needed). A publish that
@@ -337,6 +352,7 @@ class Delivery:
             return count
         seqs = sorted(p.seqs)
         limit = seqs[0] + self.window
+        sent = False
         for seq in seqs:
             if seq >= limit:
                 break
@@ -351,9 +367,11 @@ class Delivery:
             publish(p.peer, wire)
             count += 1
             p.txn += 1
-            old = p.tx.get(seq)
-            p.tx[seq] = [p.txn, now, 1]
-            self._status(p, seq, SENT)
+            p.tx[seq] = [p.txn, now, p.sends.pop(seq, 0) + 1]
+            sent = True
+            self._status(p, seq, SENT, "resent" if p.tx[seq][2] > 1 else None)
+        if sent:
+            self._save(p)  # when each was sent: a restart resends only after its wait
         return count
 
     def _expire(self, p, now):
@@ -369,6 +387,7 @@ class Delivery:
             pass
         del p.seqs[seq]
         p.tx.pop(seq, None)
+        p.sends.pop(seq, None)
         self._status(p, seq, status, reason)
 
     def _fail_all(self, p, reason):
@@ -483,7 +502,7 @@ def _data_writer(stream, seq):
 
 # The _Peer a state record holds; None for a record of another format.
 def _load_state(data):
-    if len(data) < 16 or data[0] != _STATE_FORMAT:
+    if len(data) < 17 or data[0] != _STATE_FORMAT:
         return None
     n = data[-1]
     peer = bytes(data[len(data) - 1 - n:len(data) - 1]).decode()
@@ -496,4 +515,8 @@ def _load_state(data):
         low, bits = struct.unpack_from(">II", data, pos + 8)
         p.inbound.append([bytes(data[pos:pos + 8]), low, bits])
         pos += 16
+    for _ in range(data[pos]):
+        seq, when, sent = struct.unpack_from(">IIB", data, pos + 1)
+        p.tx[seq] = [0, when, sent]
+        pos += 9
     return p
