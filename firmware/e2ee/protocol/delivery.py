@@ -50,6 +50,9 @@ _RESET_SIZE = const(96)  # dh (32) || Ed25519 signature (64)
 _RESET_CONTEXT = b"e2ee-iot session reset v1"
 _STATE_FORMAT = const(0x61)
 _INBOUND = const(2)  # inbound streams remembered per peer: the current one and the one before
+# Seconds after which a message on the way that a receipt from its peer does not name counts as
+# lost (the peer is up, and receipts what it gets within a flush).
+RECEIPT_GRACE = const(30)
 _RESEND_MAX = const(3600)  # seconds: the longest wait before a reconnect resends a message again
 # Messages the receiver cannot read because its session is gone or out of step: a reset helps.
 _RESET_ERRORS = (NoSession, BadRecord, ratchet.TooManySkipped, ratchet.StateDecodeError, UnknownPrekey)
@@ -202,7 +205,6 @@ class Delivery:
                         del p.tx[seq]
                 if p.seqs:
                     self._peers[p.peer] = p
-        self.reconnected()  # a restart is a reconnect: messages on the way are resent after their wait
 
     def __repr__(self):
         return "<Delivery %s peers=%d>" % (self.device_id, len(self._peers))
@@ -446,9 +448,14 @@ class Delivery:
                 if t is not None and t[0] > latest:
                     latest = t[0]
                 self._drop(p, seq, DELIVERED)
-        for seq in list(p.tx):  # sent before one that arrived, yet not receipted: lost on the way
-            if p.tx[seq][0] < latest:
+        now = self._clock()
+        for seq in list(p.tx):
+            # sent before one that arrived, or long enough before this receipt, and not named in
+            # it: lost on the way (a broker that lost it, a tail of a stream): due again
+            txn, when, count = p.tx[seq]
+            if txn < latest or now - when >= RECEIPT_GRACE:
                 del p.tx[seq]
+                p.sends[seq] = count
 
     # A message the session could not read: when the session is gone or out of step (or
     # DecryptionFailed _FAILURES times in a row), a reset request naming the ratchet key the
