@@ -167,6 +167,34 @@ def main():
     assert b.got[-2:] == [("alice", b"next"), ("alice", b"tail")] and a.d.pending("bob") == 0, b.got[-2:]
     del a.got[:]
 
+    # A publish that hands arrivals over while it waits (a board's MQTT client reads incoming
+    # packets until its PUBACK): a receipt that comes during the first publish settles every
+    # message of the flush; none is read from the outbox again, none is reported sent after
+    # delivered.
+    for m in payloads(3, 300):
+        a.d.send("bob", m)
+    a.d.flush(publish_from(a))
+    for to, sender, wire in WIRE:
+        b.d.handle(sender, wire, b.deliver)
+    del WIRE[:]
+    b.d.flush(publish_from(b))
+    [(to, sender, receipt)] = WIRE
+    del WIRE[:]
+    clock.t += 100
+    a.d.reconnected()  # all three are due again
+    published = []
+
+    def publish_reading(peer, wire):
+        published.append(wire)
+        if len(published) == 1:
+            a.d.handle(sender, receipt, a.deliver)
+    seen = len(a.status)
+    a.d.flush(publish_reading)
+    assert len(published) == 1 and a.d.pending("bob") == 0
+    first = a.status[seen][1]
+    assert [(s, st) for (_, s, st, _) in a.status[seen:]] == [(first + i, DELIVERED) for i in range(3)], a.status[seen:]
+    assert [p for _, p in b.got[-3:]] == payloads(3, 300)
+
     # A forced gap of 100 lost messages: bob cannot decrypt (TooManySkipped), asks alice for a
     # reset, alice starts a new session and resends; the next message decrypts.
     for _ in range(100):

@@ -307,8 +307,10 @@ class Delivery:
 
     # Publishes what is due with publish(peer, envelope_bytes): reset requests, receipts, then
     # data within each peer's window (starting sessions first where needed). A publish that
-    # raises stops the flush (the link is down): what it did not send stays due. Returns the
-    # number published.
+    # raises stops the flush (the link is down): what it did not send stays due. publish may
+    # hand what arrives meanwhile to handle() (a board's MQTT client reads incoming PUBLISH
+    # packets while it waits for its PUBACK): a receipt may settle messages mid-flush. Returns
+    # the number published.
     def flush(self, publish):
         now = self._clock()
         count = 0
@@ -358,7 +360,7 @@ class Delivery:
         for seq in seqs:
             if seq >= limit:
                 break
-            if seq in p.tx:
+            if seq in p.tx or seq not in p.seqs:  # receipted while an earlier one was published
                 continue
             try:
                 wire = self.sessions.encrypt(p.peer, p.box.get_with(
@@ -368,6 +370,8 @@ class Delivery:
                 return count
             publish(p.peer, wire)
             count += 1
+            if seq not in p.seqs:  # its receipt came while publish() waited for the broker
+                continue
             p.txn += 1
             p.tx[seq] = [p.txn, now, p.sends.pop(seq, 0) + 1]
             sent = True
