@@ -292,6 +292,28 @@ def main():
     ghost.d.flush(lambda peer, wire: None)
     assert [(s, st) for (_, s, st, _) in ghost.status] == [(1, FAILED)] and "revoked" in ghost.status[0][3]
 
+    # Without a starter the application starts sessions itself: nothing goes out before it did,
+    # and a reset taken waits for its new session (started()), then the message goes on it.
+    erin = NODES["erin"] = Node("erin", clock)
+    erin.d._starter = None
+    erin.d.send("bob", b"first from erin")
+    pump()
+    assert erin.d.pending("bob") == 1 and not erin.sessions.has_session("bob")
+    erin.start("bob")
+    pump()
+    assert b.got[-1] == ("erin", b"first from erin") and erin.d.pending("bob") == 0
+    for _ in range(100):
+        erin.sessions.encrypt("bob", b"lost")
+    erin.d.send("bob", b"after erin's gap")
+    pump()
+    assert erin.d.resets_taken == 1 and erin.d.pending("bob") == 1 and b.got[-1][1] != b"after erin's gap"
+    erin.start("bob")
+    pump()
+    assert erin.d.pending("bob") == 1  # a new session Delivery was not told of
+    erin.d.started("bob")
+    pump()
+    assert b.got[-1] == ("erin", b"after erin's gap") and erin.d.pending("bob") == 0
+
     # Plaintexts that are no delivery record are refused (typed).
     expect(Malformed, delivery.decode, b"")
     expect(Malformed, delivery.decode, b"\x01short")

@@ -305,6 +305,14 @@ class Delivery:
                     del p.tx[seq]
                     p.sends[seq] = count
 
+    # The application started a new session with peer itself (the way without a starter): a
+    # reset taken from peer is answered, and what was on the way goes again, on the new session.
+    def started(self, peer):
+        p = self._peers.get(peer)
+        if p is not None:
+            p.restart = False
+            p.tx = {}
+
     # Publishes what is due with publish(peer, envelope_bytes): reset requests, receipts, then
     # data within each peer's window (starting sessions first where needed). A publish that
     # raises stops the flush (the link is down): what it did not send stays due. publish may
