@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from e2ee.transport import topics
 from e2ee_host.transport import MAX_RECONNECT_DELAY, paho_client
 
 __all__ = ["BrokerError", "DynSec", "MosquittoProcess", "dev_tls", "device_role", "init_dynamic_security",
-           "service_role"]
+           "service_role", "with_settings"]
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "broker-config" / "mosquitto.conf.template"
@@ -111,6 +111,22 @@ def dev_tls(directory: Path, hostname: str = "localhost") -> dict[str, Path]:
     return paths
 
 
+def with_settings(conf: str, settings: Mapping[str, str]) -> str:
+    """Mosquitto configuration text `conf` with the values of the options in `settings` replaced
+    (every line of such an option; comments and other lines as written) and the options it lacks
+    appended."""
+    out, seen = [], set()
+    for line in conf.splitlines():
+        key = line.strip().partition(" ")[0]
+        if key in settings and not line.lstrip().startswith("#"):
+            out.append("%s %s" % (key, settings[key]))
+            seen.add(key)
+        else:
+            out.append(line)
+    out += ["%s %s" % (key, value) for key, value in settings.items() if key not in seen]
+    return "\n".join(out) + "\n"
+
+
 def init_dynamic_security(path: str | os.PathLike[str], admin_user: str, admin_password: str) -> None:
     """The dynamic-security state file for a broker's first start (development and production,
     docs/broker.md): `mosquitto_ctrl dynsec init` makes the admin client, then the admin gets the
@@ -135,10 +151,14 @@ def init_dynamic_security(path: str | os.PathLike[str], admin_user: str, admin_p
 
 class MosquittoProcess:
     """The project's broker on 127.0.0.1:<free port> (and a TLS listener when tls=True), state in
-    `data_dir` (kept across restart())."""
+    `data_dir` (kept across restart() and kill()). `settings` replaces the values of some options
+    of the template (benchmarks of other queue or autosave settings); options the template lacks
+    are appended."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, tls: bool = False) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, tls: bool = False,
+                 settings: Mapping[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.settings = dict(settings or {})
         # the admin secret, password hashes (dynsec state) and queued messages: the owner's only
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
@@ -169,6 +189,7 @@ class MosquittoProcess:
                 self.tls_port, self.host, self.tls_files["ca"], self.tls_files["cert"], self.tls_files["key"])
         conf = TEMPLATE.read_text().format(data_dir=self.data_dir, port=self.port, bind=self.host, tls=tls,
                                            dynsec_plugin=_plugin(), user=getpass.getuser())
+        conf = with_settings(conf, self.settings)
         path = self.data_dir / "mosquitto.conf"
         path.write_text(conf)
         return path
@@ -198,6 +219,13 @@ class MosquittoProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash. What changed since the last autosave is lost (docs/broker.md, "Crash
+        loss" under "Offline promise and queue sizing"); the data directory stays for start()."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
     def restart(self) -> MosquittoProcess:
         self.stop()

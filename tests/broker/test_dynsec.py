@@ -3,7 +3,6 @@ broker"): it survives broker restarts, keeps only the answers it waits for, and 
 reaches the caller as a BrokerError within its timeout."""
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
@@ -20,7 +19,8 @@ def test_admin_works_after_a_broker_restart(broker: MosquittoProcess, session: s
     # Packet exchange: the admin CONNECTs and SUBSCRIBEs to $CONTROL/dynamic-security/v1/response
     # and the inbox wildcard. The broker goes away: gracefully (SIGTERM) for a clean session, which
     # the broker forgets; by SIGKILL for the service's persistent session (client id
-    # e2ee-provisioning) before any autosave, so the broker restarts without it. paho reconnects
+    # e2ee-provisioning), its store removed, so the broker restarts without it (a crash before the
+    # session was saved, or a new broker node). paho reconnects
     # by itself; the admin must SUBSCRIBE again on that CONNACK, else no command is ever answered
     # (each one timed out before the fix) and no inbox message reaches the relay.
     got: list[bytes] = []
@@ -32,8 +32,8 @@ def test_admin_works_after_a_broker_restart(broker: MosquittoProcess, session: s
         if session == "clean":
             broker.restart()
         else:
-            broker._proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-            broker._proc.wait()  # type: ignore[union-attr]
+            broker.kill()
+            (broker.data_dir / "mosquitto.db").unlink(missing_ok=True)
             broker.start()
         # at once: the command waits (within its timeout) for the admin to be back
         assert admin.command("getClient", username="pump-1")["data"]["client"]["username"] == "pump-1"
