@@ -15,6 +15,7 @@ from bench.broker_queue import (DEVICE, FLEET, GROUP, LARGEST_FRAME, PROMISED_GR
                                 template_settings)
 
 from e2ee.protocol.certificate import MAX_NAME
+from e2ee.protocol.delivery import Delivery
 from e2ee.protocol.envelope import MAX_ENVELOPE
 from e2ee.protocol.group import GroupSessions
 from e2ee.protocol.session import SessionManager
@@ -23,10 +24,10 @@ from e2ee_host.broker import MosquittoProcess
 
 PRODUCTION = Path(__file__).resolve().parents[2] / "broker-config" / "mosquitto.production.conf"
 PROMISE_DAYS = 7
-# a typical session plaintext: a command of up to 107 bytes behind the delivery layer's 13-byte DATA
-# head (docs/protocol.md §8); its frame from a 64-byte sender id is 248..250 bytes, 256 once the
-# ratchet counters pn and n need 4-byte varints (2^21 messages)
-TYPICAL_COMMAND = 120
+# a typical command: at most this many bytes, sent through the delivery layer (docs/protocol.md
+# §8), whose DATA head makes it a 120-byte session plaintext; its frame from a 64-byte sender id is
+# 248..250 bytes, 256 once the ratchet counters pn and n need 4-byte varints (2^21 messages)
+TYPICAL_COMMAND = 107
 # the documented crash bound: the autosave count (changes since the last save)
 AUTOSAVE_CHANGES = 16
 QUEUE_OPTIONS = ("autosave_on_changes", "autosave_interval", "max_queued_messages", "max_queued_bytes",
@@ -39,19 +40,25 @@ def _days(value: str) -> float:
 
 
 def test_typical_frames_are_measured_from_the_protocol(tmp_path: Path) -> None:
-    # No packet exchange: a real session's RatchetMessage and a real Sender Key group message, each
-    # carrying a TYPICAL_COMMAND-byte plaintext, framed as they go on the wire from the longest
-    # sender id, fit TYPICAL_FRAME, the size the byte cap is derived from.
+    # No packet exchange: a TYPICAL_COMMAND-byte command sent through the delivery layer over an
+    # answered session (a RatchetMessage), and the same delivery plaintext as a Sender Key group
+    # message, framed as they go on the wire from the longest sender id, fit TYPICAL_FRAME, the
+    # size the byte cap is derived from.
     gateway, valve = (SessionManager.create(str(tmp_path / n), os.urandom(32), one_time=1) for n in ("g", "v"))
     sender = "g" * MAX_NAME
     gateway.start("valve", valve.bundle())
     valve.decrypt(sender, gateway.encrypt("valve", b"hello"))
     gateway.decrypt("valve", valve.encrypt(sender, b"ok"))  # the session is answered: RatchetMessages now
-    command = os.urandom(TYPICAL_COMMAND)
-    inbox_frame = topics.frame(sender, gateway.encrypt("valve", command))
+    outbox = Delivery(gateway, str(tmp_path / "g"), os.urandom(32), sender)
+    outbox.send("valve", os.urandom(TYPICAL_COMMAND))
+    published: list[bytes] = []
+    assert outbox.flush(lambda peer, data: published.append(bytes(data))) == 1
+    inbox_frame = topics.frame(sender, published[0])
+    plaintext = valve.decrypt(sender, published[0])
     groups = GroupSessions(str(tmp_path / "group"), os.urandom(32), sender)
     groups.create(GROUP)
-    group_message = groups.encrypt(GROUP, command)
+    group_message = groups.encrypt(GROUP, plaintext)
+    assert len(plaintext) == 120
     assert len(inbox_frame) <= TYPICAL_FRAME and len(group_message) <= TYPICAL_FRAME
     assert len(inbox_frame) >= TYPICAL_FRAME - 8  # and the size is not loose
     assert LARGEST_FRAME == 2 + MAX_NAME + MAX_ENVELOPE
