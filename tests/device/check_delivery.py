@@ -195,6 +195,23 @@ def main():
     assert [(s, st) for (_, s, st, _) in a.status[seen:]] == [(first + i, DELIVERED) for i in range(3)], a.status[seen:]
     assert [p for _, p in b.got[-3:]] == payloads(3, 300)
 
+    # A receipt whose publish raises (bob's link went down) stays due: bob's next flush sends it,
+    # and alice learns of the delivery without sending anything again.
+    assert not WIRE
+    a.d.send("bob", b"receipted later")
+    a.d.flush(publish_from(a))
+    to, sender, wire = WIRE.pop()
+    b.d.handle(sender, wire, b.deliver)
+
+    def down(peer, wire):
+        raise OSError("link down")
+    expect(OSError, b.d.flush, down)
+    b.d.flush(publish_from(b))
+    [(to, sender, receipt)] = WIRE
+    del WIRE[:]
+    a.d.handle(sender, receipt, a.deliver)
+    assert a.d.pending("bob") == 0 and b.got[-1] == ("alice", b"receipted later")
+
     # A forced gap of 100 lost messages: bob cannot decrypt (TooManySkipped), asks alice for a
     # reset, alice starts a new session and resends; the next message decrypts.
     for _ in range(100):
@@ -265,6 +282,31 @@ def main():
     a.d.handle("bob", reset, a.deliver)
     pump()
     assert b.got[-1] == ("alice", b"second gap")
+
+    # The rate limit outlives the peer's entry in RAM: a target that meanwhile holds max_peers
+    # other peers still refuses a second reset within RESET_INTERVAL (idle peers are dropped from
+    # RAM, but not while a reset taken from them is that recent).
+    fay = NODES["fay"] = Node("fay", clock, max_peers=2)
+    gus = NODES["gus"] = Node("gus", clock)
+    fay.d.send("gus", b"hi gus")
+    pump()
+    assert gus.got[-1] == ("fay", b"hi gus")
+
+    def request():  # gus's genuine request, naming the key fay sends with now
+        dh = fay.sessions.sending_key("gus")
+        return envelope.encode(envelope.Control(envelope.SESSION_RESET, dh + gus.sessions.keystore.sign(
+            delivery.reset_message("gus", "fay", dh))))
+    fay.d.handle("gus", request(), fay.deliver)
+    key = fay.sessions.sending_key("gus")
+    pump()
+    assert fay.d.resets_taken == 1 and fay.sessions.sending_key("gus") != key
+    for other in ("h1", "h2", "h3"):
+        assert fay.d.pending(other) == 0  # other peers in fay's RAM
+    expect(ResetRefused, fay.d.handle, "gus", request(), fay.deliver)
+    clock.t += delivery.RESET_INTERVAL
+    fay.d.handle("gus", request(), fay.deliver)
+    assert fay.d.resets_taken == 2
+    pump()
 
     # Bounds: a full outbox refuses; an oversize payload refuses; nothing stored either way.
     small = Node("dora", clock, max_outbox=3)

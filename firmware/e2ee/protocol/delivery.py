@@ -165,8 +165,11 @@ class _Peer:
         self.retry_at = 0  # when the starter may be tried again
         self.failures = 0
 
-    def idle(self):
-        return not self.seqs and not self.receipt and self.reset_dh is None and not self.restart
+    # Nothing to keep in RAM: no messages, nothing due, and no reset taken within interval (the
+    # rate limit would be forgotten with the entry).
+    def idle(self, now, interval):
+        return (not self.seqs and not self.receipt and self.reset_dh is None and not self.restart
+                and (self.reset_taken is None or now - self.reset_taken >= interval))
 
 
 class Delivery:
@@ -221,8 +224,9 @@ class Delivery:
         if p is None or p.peer != peer:  # none, or a record of another id (cannot be: names differ)
             p = _Peer(peer, name)
         if len(self._peers) >= self.max_peers:
+            now = self._clock()
             for other in list(self._peers):
-                if self._peers[other].idle():
+                if self._peers[other].idle(now, self.reset_interval):
                     del self._peers[other]
         self._peers[peer] = p
         return p
@@ -342,7 +346,11 @@ class Delivery:
                     wire = self.sessions.encrypt(p.peer, encode_receipt(stream, low, bits))
                 except MESSAGE_ERRORS:
                     break  # no session to carry it: the sender sends again, then it is receipted
-                publish(p.peer, wire)
+                try:
+                    publish(p.peer, wire)
+                except Exception:  # the link is down: still due (cleared before: publish may
+                    p.receipt = True  # hand over data whose receipt falls due meanwhile)
+                    raise
                 count += 1
         if p.seqs is None:
             return count
