@@ -25,10 +25,13 @@ import httpx
 from e2ee.protocol import certificate, enrollment
 from e2ee.protocol.keys import KeyFormatError, KeyStore, PrekeyBundle
 
-__all__ = ["ApiError", "BadAnswer", "Claims", "DeviceClient", "Enrolled", "OperatorClient",
+__all__ = ["ApiError", "BadAnswer", "Claims", "DeviceClient", "Enrolled", "OperatorClient", "RelayEnvelope",
            "RevocationListInfo", "ServiceClient"]
 
 DEFAULT_TIMEOUT = 15.0
+# Ids per relay acknowledgement: the service's MAX_FETCH (e2ee_provisioning.api.routes.relay), the
+# envelopes one fetch returns at most.
+RELAY_ACK_BATCH = 100
 
 
 class ApiError(Exception):
@@ -102,6 +105,16 @@ class Enrolled:
 
     def __repr__(self) -> str:  # the MQTT password stays out of logs and tracebacks
         return "<Enrolled %s serial=%s>" % (self.cert.device_id, self.cert.serial.hex())
+
+
+@dataclass(frozen=True)
+class RelayEnvelope:
+    """An envelope the HTTP relay kept for this device (docs/broker.md, "Relay"). `id` is the
+    relay's, never reused: the cursor for the next fetch and the name to acknowledge."""
+    id: int
+    sender: str
+    envelope: bytes
+    received_at: str
 
 
 class ServiceClient:
@@ -335,3 +348,32 @@ class DeviceClient(ServiceClient):
         """Stores this device's sealed backup (e2ee_host.backup.seal) with the hash of its token."""
         return self.signed("PUT", "/backups/%s" % self.device_id,  # type: ignore[no-any-return]
                            hashlib.sha256(auth).digest() + blob, content_type="application/octet-stream")
+
+    # --- the HTTP relay (docs/broker.md, "Relay") ---
+
+    def relay_register(self) -> None:
+        """From now on the service keeps what arrives in this device's inbox for it to fetch."""
+        self.signed("POST", "/relay/register")
+
+    def relay_send(self, to: str, envelope: bytes, fleet: str | None = None) -> None:
+        """Publishes `envelope` into `to`'s inbox on the broker (202 once the broker took it)."""
+        body: dict[str, Any] = {"to": to, "envelope": _b64(envelope)}
+        if fleet is not None:
+            body["fleet"] = fleet
+        self.signed("POST", "/relay/messages", json.dumps(body).encode())
+
+    def relay_fetch(self, after: int = 0) -> list[RelayEnvelope]:
+        """What waits in this device's inbox with an id above `after`, oldest first (at most 100).
+        Page on with `after=` the last id; acknowledge by id what was handled (relay_acknowledge)."""
+        doc = self.signed("GET", "/relay/messages?after=%d" % after)
+        with _answer("GET /relay/messages"):
+            return [RelayEnvelope(int(m["id"]), str(m["sender"]), _unb64(m["envelope"]), str(m["received_at"]))
+                    for m in doc]
+
+    def relay_acknowledge(self, ids: Iterable[int]) -> None:
+        """The service forgets exactly these envelopes (the ids relay_fetch returned), never one
+        that arrived after the fetch; acknowledging an id twice is harmless."""
+        ids = list(ids)
+        for i in range(0, len(ids), RELAY_ACK_BATCH):
+            query = "&".join("id=%d" % n for n in ids[i:i + RELAY_ACK_BATCH])
+            self.signed("DELETE", "/relay/messages?" + query)

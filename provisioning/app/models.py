@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer
 from sqlalchemy import (
-    BigInteger, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint,
+    BigInteger, Boolean, DateTime, ForeignKey, Identity, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -182,10 +182,17 @@ class RelayClient(Base):
 
 
 class RelayMessage(Base):
-    """An envelope that arrived in a relay client's inbox and waits until the client acknowledges it."""
-    __tablename__ = "relay_messages"
+    """An envelope that arrived in a relay client's inbox and waits until the client acknowledges it.
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    Ids are never reused (alembic 0007), so they increase in the order the relay stored the
+    envelopes and a client's `after=` cursor stays valid: SQLite's INTEGER PRIMARY KEY
+    AUTOINCREMENT (its rowid without the keyword hands out max(id) + 1, which reuses the ids of an
+    acknowledged, emptied table) and a 64-bit identity on PostgreSQL."""
+    __tablename__ = "relay_messages"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), Identity(always=True),
+                                    primary_key=True)
     device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
     sender: Mapped[str] = mapped_column(String(DEVICE_ID_MAX))
     envelope: Mapped[bytes] = mapped_column(LargeBinary(8192))

@@ -7,7 +7,6 @@ off at the broker and at its peers."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from e2ee.protocol.trust import TrustStore
 from e2ee.transport import topics
 from e2ee.transport.mqtt import MQTTClient, MQTTException
 from e2ee_host.broker import MosquittoProcess
-from e2ee_host.client import ApiError, DeviceClient, OperatorClient
+from e2ee_host.client import ApiError, DeviceClient, OperatorClient, RelayEnvelope
 from e2ee_host.service import ServiceProcess
 from e2ee_host.transport import HostLink
 
@@ -290,30 +289,29 @@ def test_http_relay_for_clients_without_mqtt(system, tmp_path) -> None:  # type:
     web = DeviceClient(system.service.url, "web-console", FLEET, KeyStore.generate(4))
     web.enroll(system.claim())
     web.upload_prekeys()
-    web.signed("POST", "/relay/register")
+    web.relay_register()
     web_sessions = SessionManager(str(tmp_path / "web"), os.urandom(32), web.keystore)
     web_sessions.save_keys()
     pump, pump_sessions, pump_link = _host(system, tmp_path, "pump-7")
     pump_sessions.start("web-console", pump.bundle("web-console"))
     pump_link.send("web-console", pump_sessions.encrypt("web-console", MARKER.encode() + b" status ok"))
 
-    def fetch(expected: int) -> list[dict[str, str]]:
+    def fetch(expected: int) -> list[RelayEnvelope]:
         deadline = time.monotonic() + 10
         while True:
-            got = web.signed("GET", "/relay/messages")
+            got = web.relay_fetch()
             if len(got) >= expected or time.monotonic() > deadline:
-                return got  # type: ignore[no-any-return]
+                return got
             time.sleep(0.1)
 
     [first] = fetch(1)
-    assert first["sender"] == "pump-7"
-    assert web_sessions.decrypt("pump-7", base64.b64decode(first["envelope"])) == MARKER.encode() + b" status ok"
-    reply = web_sessions.encrypt("pump-7", b"set pressure 2 bar")
-    web.signed("POST", "/relay/messages", json.dumps({"to": "pump-7", "envelope": base64.b64encode(reply).decode()}).encode())
+    assert first.sender == "pump-7"
+    assert web_sessions.decrypt("pump-7", first.envelope) == MARKER.encode() + b" status ok"
+    web.relay_send("pump-7", web_sessions.encrypt("pump-7", b"set pressure 2 bar"))
     sender, envelope = pump_link.receive()
     assert (sender, pump_sessions.decrypt(sender, envelope)) == ("web-console", b"set pressure 2 bar")
-    web.signed("DELETE", "/relay/messages?up_to=%d" % first["id"])
-    assert web.signed("GET", "/relay/messages") == []
+    web.relay_acknowledge([first.id])
+    assert web.relay_fetch() == []
 
     # the service goes down; what arrives meanwhile waits at the broker, then in the database
     system.service.stop()
@@ -321,10 +319,10 @@ def test_http_relay_for_clients_without_mqtt(system, tmp_path) -> None:  # type:
         pump_link.send("web-console", pump_sessions.encrypt("web-console", b"reading %d" % i))
     system.service.start()
     got = fetch(3)
-    assert [web_sessions.decrypt("pump-7", base64.b64decode(m["envelope"])) for m in got] == [
-        b"reading 0", b"reading 1", b"reading 2"]
+    assert [web_sessions.decrypt("pump-7", m.envelope) for m in got] == [b"reading 0", b"reading 1", b"reading 2"]
+    assert got[0].id > first.id  # relay ids are never reused (issue 13)
     with pytest.raises(ApiError) as e:  # another fleet's inbox, or a device that does not exist
-        web.signed("POST", "/relay/messages", json.dumps({"to": "nobody", "envelope": "AAAA"}).encode())
+        web.relay_send("nobody", b"\x00\x00\x00")
     assert e.value.status == 404
     pump_link.close()
 

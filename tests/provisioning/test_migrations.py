@@ -1,13 +1,17 @@
-"""Alembic (provisioning/alembic/): the first revision applies to an empty database on both
-engines, creates every table the models declare, and a second run is a no-op."""
+"""Alembic (provisioning/alembic/): the revisions apply to an empty database on both engines,
+create every table the models declare, and a second run is a no-op; 0007 carries relay messages
+over with ids that are never reused."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 from e2ee_provisioning.core.db import ALEMBIC_DIR, make_engine, run_migrations
-from e2ee_provisioning.models import Base
+from e2ee_provisioning.models import Base, Device
 
 
 def test_migrations_apply_to_an_empty_database(database_url: str) -> None:
@@ -37,5 +41,61 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path) -> None:  # type: i
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def _migrate(engine: Engine, revision: str, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def _relay_row(conn: Connection, envelope: bytes) -> int:
+    return conn.execute(text("INSERT INTO relay_messages (device_pk, sender, envelope, received_at) "
+                             "VALUES (1, 'pump-1', :e, :t) RETURNING id"),
+                        {"e": envelope, "t": datetime.now(timezone.utc)}).scalar_one()
+
+
+def test_0007_relay_ids_continue_past_every_id_of_the_old_schema(database_url: str) -> None:
+    # issue 13: 0006's relay_messages reused ids on SQLite; 0007 keeps the rows and their ids, and
+    # hands out ids above any a client could hold from before (SQLite kept no record of them: above
+    # the old API's bound 2^31 - 1; PostgreSQL: where the old sequence stood)
+    engine = make_engine(database_url)
+    try:
+        _migrate(engine, "0006")
+        with engine.begin() as conn:
+            conn.execute(Device.__table__.insert().values(  # the devices table is the same at 0006
+                id=1, device_id="web-1", fleet="plant-north", ik_pub=b"\x01" * 32, is_pub=b"\x01" * 32,
+                fingerprint="0" * 32))
+            old = [_relay_row(conn, b"env %d" % i) for i in range(3)]
+            conn.execute(text("DELETE FROM relay_messages WHERE id <> :kept"), {"kept": old[1]})  # acknowledged
+        _migrate(engine, "head")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT id, envelope FROM relay_messages")).all() == [(old[1], b"env 1")]
+            new = _relay_row(conn, b"after the upgrade")
+            if engine.dialect.name == "sqlite":
+                assert new == 2**31
+                ddl = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'relay_messages'")).scalar_one()
+                assert "AUTOINCREMENT" in ddl and "ON DELETE CASCADE" in ddl, ddl
+            else:
+                assert new == old[-1] + 1
+                assert conn.execute(text(
+                    "SELECT data_type, is_identity, identity_generation FROM information_schema.columns "
+                    "WHERE table_name = 'relay_messages' AND column_name = 'id'")).one() == (
+                        "bigint", "YES", "ALWAYS")
+            conn.execute(text("DELETE FROM relay_messages"))
+            assert _relay_row(conn, b"after an emptied table") == new + 1  # never reused
+        assert {ix["column_names"][0] for ix in inspect(engine).get_indexes("relay_messages")} == {"device_pk"}
+        _migrate(engine, "0006", down=True)  # the downgrade works and keeps the rows
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT envelope FROM relay_messages")).scalars().all() == [
+                b"after an emptied table"]
+            _relay_row(conn, b"on 0006 again")
+        _migrate(engine, "head")
+        with engine.connect() as conn:
+            assert len(conn.execute(text("SELECT id FROM relay_messages")).all()) == 2
     finally:
         engine.dispose()

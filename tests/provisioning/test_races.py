@@ -67,12 +67,12 @@ def test_finding11_offsets_past_64_bits_are_refused_422(client) -> None:  # type
             assert client.get(path, params={"limit": limit}, headers=OPERATOR).status_code == 422
     dev = TestDevice("offset-dev-1")
     dev.register(client)
-    for method, name in (("GET", "after"), ("DELETE", "up_to")):
-        for value in (2**31, 2**63, 2**64):  # row ids are 32-bit INTEGER columns on PostgreSQL
+    for method, name in (("GET", "after"), ("DELETE", "id")):
+        for value in (2**63, 2**64):  # relay ids are 64-bit since alembic 0007 (issue 13)
             target = "/relay/messages?%s=%d" % (name, value)
             r = client.request(method, target, headers=dev.headers(method, target))
             assert r.status_code == 422, (target, r.text)
-    target = "/relay/messages?after=%d" % (2**31 - 1)
+    target = "/relay/messages?after=%d" % (2**63 - 1)
     assert client.get(target, headers=dev.headers("GET", target)).json() == []
 
 

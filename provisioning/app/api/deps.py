@@ -27,7 +27,7 @@ from e2ee_provisioning.models import Device, Revocation, SignedRequest
 __all__ = [
     "AuthenticatedDevice", "BundleRateLimit", "CADep", "DeviceBackupAuth", "DeviceAuth", "EnrollRateLimit", "MetricsDep",
     "OperatorAuth", "Requester", "RequesterAuth", "SessionDep", "SettingsDep", "accept_signed_write",
-    "device_is_revoked", "MAX_ROW_ID", "MAX_SQL_INTEGER", "Offset", "PageLimit", "RowId",
+    "device_is_revoked", "MAX_SQL_INTEGER", "Offset", "PageLimit", "RelayId",
 ]
 
 
@@ -290,7 +290,6 @@ MAX_PAGE = 1000
 
 Offset = Annotated[int, Query(ge=0, le=MAX_SQL_INTEGER, description="rows to skip")]
 PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows to return, at most %d" % MAX_PAGE)]
-# Row ids are INTEGER columns: 32-bit on PostgreSQL, which casts a compared value to that type.
-MAX_ROW_ID = 2**31 - 1
-# a row id a client got from the service (relay message ids)
-RowId = Annotated[int, Query(ge=0, le=MAX_ROW_ID)]
+# A relay message id a client got from the service: BIGINT on PostgreSQL, SQLite's 64-bit rowid
+# (alembic 0007; up to 0006 they were 32-bit INTEGER columns, bounded to 2^31 - 1 here).
+RelayId = Annotated[int, Query(ge=0, le=MAX_SQL_INTEGER)]

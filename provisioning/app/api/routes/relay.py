@@ -1,19 +1,30 @@
 """The HTTP relay for clients that do not speak MQTT (docs/broker.md, "Relay"): they post
 envelopes, which the service publishes into the recipient's inbox on the broker, and they fetch
 what arrived in their own inbox, which the service keeps in the database until they acknowledge
-it (a service restart loses nothing). The service relays ciphertext only."""
+it by id (a service restart loses nothing). The service relays ciphertext only."""
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import Field
 from sqlalchemy import delete, select
 
-from e2ee_provisioning.api.deps import DeviceAuth, RowId, SessionDep, device_is_revoked
+from e2ee_provisioning.api.deps import MAX_SQL_INTEGER, DeviceAuth, RelayId, SessionDep, device_is_revoked
 from e2ee_provisioning.core.broker import BrokerError
 from e2ee_provisioning.models import Device, RelayClient, RelayMessage, RelayMessagePublic, RelaySend, utcnow
 
 router = APIRouter(prefix="/relay", tags=["relay"])
 
+# Envelopes per fetch, and ids per acknowledgement: a client acknowledges what one fetch gave it.
 MAX_FETCH = 100
+
+AckIds = Annotated[list[Annotated[int, Field(ge=0, le=MAX_SQL_INTEGER)]], Query(
+    alias="id", max_length=MAX_FETCH,
+    description="ids of fetched envelopes, repeated (`?id=7&id=8`), 1..%d per request" % MAX_FETCH)]
+RetiredUpTo = Annotated[int | None, Query(
+    deprecated=True, description="retired: a range could remove envelopes that arrived after the "
+    "fetch; sending it is a 422 that says to acknowledge by `id`")]
 
 
 def _broker(request: Request):  # type: ignore[no-untyped-def]
@@ -51,7 +62,10 @@ def send(body: RelaySend, request: Request, auth: DeviceAuth, session: SessionDe
 
 
 @router.get("/messages", response_model=list[RelayMessagePublic])
-def fetch(auth: DeviceAuth, session: SessionDep, after: RowId = 0) -> list[RelayMessagePublic]:
+def fetch(auth: DeviceAuth, session: SessionDep, after: RelayId = 0) -> list[RelayMessagePublic]:
+    """What waits in this device's inbox with an id above `after`, oldest first, at most
+    MAX_FETCH. Ids are never reused (alembic 0007) and grow in the order the relay stored the
+    envelopes, so a client pages on with `after=` the last id it got."""
     rows = session.scalars(select(RelayMessage).where(RelayMessage.device_pk == auth.device.id,
                                                       RelayMessage.id > after)
                            .order_by(RelayMessage.id).limit(MAX_FETCH))
@@ -59,7 +73,14 @@ def fetch(auth: DeviceAuth, session: SessionDep, after: RowId = 0) -> list[Relay
 
 
 @router.delete("/messages", status_code=status.HTTP_204_NO_CONTENT)
-def acknowledge(auth: DeviceAuth, session: SessionDep, up_to: RowId) -> None:
-    """The client has what it fetched up to this id: the service forgets it."""
-    session.execute(delete(RelayMessage).where(RelayMessage.device_pk == auth.device.id, RelayMessage.id <= up_to))
+def acknowledge(auth: DeviceAuth, session: SessionDep, ids: AckIds = [], up_to: RetiredUpTo = None) -> None:
+    """The client has the envelopes with these ids: the service forgets them. Only the named ids
+    of this device go, never a range that could hold an envelope stored after the fetch; ids that
+    are gone already (a retried acknowledgement) or not this device's are ignored."""
+    if up_to is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            "up_to is no longer accepted: acknowledge the fetched envelopes by id (?id=N&id=M)")
+    if not ids:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "name the fetched envelopes to acknowledge (?id=N)")
+    session.execute(delete(RelayMessage).where(RelayMessage.device_pk == auth.device.id, RelayMessage.id.in_(ids)))
     session.commit()
