@@ -51,6 +51,7 @@ from typing import Any
 
 from e2ee.protocol import certificate
 from e2ee_host.client import ApiError, OperatorClient
+from e2ee_host.messenger import MESSAGE_ERRORS, Messenger
 
 __all__ = ["main"]
 
@@ -460,13 +461,21 @@ def _client_send(args: argparse.Namespace) -> Any:
         if new:
             inst.start_session(args.peer)
         link = _connect(inst, args, args.timeout)  # before encrypt(): no message key spent on a dead broker
-        envelope = inst.sessions.encrypt(args.peer, data, int(time.time()))
-        link.send(args.peer, envelope)
+        messenger = Messenger(inst, link)
+        seq = messenger.send(args.peer, data)
+        status, reason = messenger.status(args.peer, seq)
     finally:
         _close(inst, link)
         inst.save()
-    return {"to": args.peer, "bytes": len(envelope), "new_session": new} if args.json else \
-        "sent to %s (%d bytes of ciphertext%s)" % (args.peer, len(envelope), ", new session" if new else "")
+    if status == "failed":  # the peer is refused (2: revoked or expired, as encrypt() says), or gone (3)
+        refused = str(reason).startswith(("PeerRevoked", "PeerExpired", "UncertifiedSession"))
+        raise _Failed(2 if refused else 3, "message %d to %s failed: %s" % (seq, args.peer, reason))
+    waiting = messenger.pending(args.peer)
+    if args.json:
+        return {"to": args.peer, "id": seq, "status": status, "bytes": len(data), "new_session": new,
+                "awaiting_receipt": waiting}
+    return "%s message %d to %s (%d bytes%s; %d awaiting a receipt: `e2ee client receive` collects receipts)" % (
+        "sent" if status == "sent" else "queued", seq, args.peer, len(data), ", new session" if new else "", waiting)
 
 
 def _refusal(e: Exception) -> tuple[int, bool]:
@@ -485,7 +494,7 @@ def _refusal(e: Exception) -> tuple[int, bool]:
 def _client_send_owner(args: argparse.Namespace) -> Any:
     """`send --owner O TEXT`: the message to every device of the owner (GET /owners/{owner}/devices,
     docs/linking.md §4), each over its own certified pairwise session; revoked ones skipped."""
-    from e2ee.protocol import session
+    from e2ee.protocol import delivery, session
     from e2ee_host.install import HostInstall
     from e2ee_host.transport import TransportError
     inst = HostInstall.open(args.dir)
@@ -533,17 +542,22 @@ def _client_send_owner(args: argparse.Namespace) -> Any:
                 refused(device, e)
         if ready:
             link = _connect(inst, args, args.timeout)  # before encrypt(): no message key spent on a dead broker
+        messenger = Messenger(inst, link) if ready else None
         for device, new in ready:
+            assert messenger is not None
             try:
-                envelope = inst.sessions.encrypt(device, data, int(time.time()))
-                link.send(device, envelope)
-            except (session.PeerRefused, TransportError) as e:
+                seq = messenger.send(device, data)
+            except (session.PeerRefused, TransportError, delivery.DeliveryError) as e:
                 refused(device, e)
                 continue
-            sent.append({"to": device, "bytes": len(envelope), "new_session": new})
+            status, reason = messenger.status(device, seq)
+            if status == "failed":
+                refused(device, delivery.Undeliverable(str(reason)))
+                continue
+            sent.append({"to": device, "id": seq, "status": status, "bytes": len(data), "new_session": new})
             if not args.json:
-                print("sent to %s (%d bytes of ciphertext%s)" % (device, len(envelope), ", new session" if new
-                                                                  else ""), flush=True)
+                print("%s message %d to %s (%d bytes%s)" % ("sent" if status == "sent" else "queued", seq, device,
+                                                             len(data), ", new session" if new else ""), flush=True)
     finally:
         _close(inst, link)
         inst.save()
@@ -620,8 +634,9 @@ def _client_group_send(args: argparse.Namespace) -> Any:
                 inst.start_session(member)
         link = _connect(inst, args, args.timeout)
         _join(inst, link, args.group)
-        for member in pending:
-            link.send(member, inst.sessions.encrypt(member, inst.distribution_message(args.group), int(time.time())))
+        messenger = Messenger(inst, link)
+        for member in pending:  # through the outbox: kept and resent until the member's receipt
+            messenger.send(member, inst.distribution_message(args.group))
             inst.distributed(args.group, member)
             inst.save()
         wire = inst.groups.encrypt(args.group, data)  # the advanced chain is stored before it leaves
@@ -640,15 +655,12 @@ def _printable(text: str) -> str:
 
 
 def _message_errors() -> tuple[type[Exception], ...]:
-    """The typed errors of a message this install cannot decrypt (audit finding 6): it is
-    acknowledged and dropped, counted, and logged by its error type, never retried. The
-    protocol's own list (session.MESSAGE_ERRORS: decode, ratchet, key agreement, certificate and
-    session errors, BadPeerId for a sender name that is no device id) and the group cipher's;
-    every StoreError and OSError is the install's, and stops the receiver."""
+    """The typed errors of a message this install cannot use (audit finding 6): it is
+    acknowledged and dropped, counted, and logged by its error type, never retried
+    (messenger.MESSAGE_ERRORS: decode, ratchet, key agreement, certificate, session, delivery and
+    group cipher errors); every StoreError and OSError is the install's, and stops the receiver."""
     from e2ee.crypto.errors import InvalidTag
-    from e2ee.protocol import envelope, keys, ratchet, sender_key, session
-    return session.MESSAGE_ERRORS + (ratchet.StateDecodeError, envelope.EnvelopeError, keys.KeyFormatError,
-                                     sender_key.SenderKeyError, InvalidTag, UnicodeDecodeError)
+    return MESSAGE_ERRORS + (InvalidTag,)
 
 
 class _Receiver:
@@ -661,6 +673,25 @@ class _Receiver:
     def __init__(self, inst: Any, args: argparse.Namespace, joined: Any = None) -> None:
         self.inst, self.json, self.joined = inst, args.json, joined
         self.printed = self.duplicates = self.failed = 0
+        self.delivery = inst.delivery(on_status=self.status)
+        self.link: Any = None
+
+    def status(self, peer: str, seq: int, status: str, reason: str | None) -> None:
+        """What became of a message this install sent: delivered (receipt) or failed, on stderr."""
+        if status == "sent":
+            return
+        print("e2ee: message %d to %s %s%s" % (seq, _printable(peer), status, ": %s" % reason if reason else ""),
+              file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        """Receipts, resends and reset requests out, when connected (a link that is down stops it)."""
+        from e2ee_host.transport import TransportError
+        if self.link is None:
+            return
+        try:
+            self.delivery.flush(self.link.send)
+        except TransportError as e:
+            print("e2ee: warning: %s" % e, file=sys.stderr, flush=True)
 
     def handle(self, sender: str, envelope: bytes) -> None:
         """A pairwise envelope, or a spooled group message (its sender as the spool keeps it)."""
@@ -675,8 +706,7 @@ class _Receiver:
             return
         who = _printable(sender)
         try:
-            plaintext = bytes(inst.sessions.decrypt(sender, envelope, int(time.time())))
-            group = inst.accept_distribution(sender, plaintext)
+            self.delivery.handle(sender, envelope, self.deliver)
         except ratchet.DuplicateMessage:
             self.duplicates += 1
             print("e2ee: duplicate message from %s skipped (DuplicateMessage: received before)" % who,
@@ -690,10 +720,16 @@ class _Receiver:
         except Exception as e:  # an untyped error still drops the message; its text is not shown
             self.dropped(who, e, "untyped error")
             return
+
+    def deliver(self, sender: str, payload: Any) -> None:
+        """A message's payload, once per message id: a sender key distribution is installed, the
+        rest shown."""
+        plaintext = bytes(payload)
+        group = self.inst.accept_distribution(sender, plaintext)
         if group is not None:
-            inst.save()
-            print("e2ee: sender key of %s for group %s installed" % (who, _printable(group)), file=sys.stderr,
-                  flush=True)
+            self.inst.save()
+            print("e2ee: sender key of %s for group %s installed" % (_printable(sender), _printable(group)),
+                  file=sys.stderr, flush=True)
             if self.joined is not None:
                 self.joined(group)
             return
@@ -802,6 +838,8 @@ def _client_receive(args: argparse.Namespace) -> Any:
             inst.unspool(seq)
         if not enough():
             link = _connect(inst, args, 30.0)
+            receiver.link = link
+            receiver.flush()  # receipts for the spooled ones, and what the outbox holds
             for group in inst.known_groups():
                 join(group)
         idle_since = time.monotonic()
@@ -809,13 +847,14 @@ def _client_receive(args: argparse.Namespace) -> Any:
             if time.monotonic() - refreshed >= _REFRESH_EVERY:  # revocations during a long receive
                 _refresh_revocation_list(inst)
                 refreshed = time.monotonic()
-            wait = _REFRESH_EVERY
+            wait = 1.0  # flush at least every second: resends and receipts do not wait for traffic
             if args.timeout is not None:
                 wait = min(wait, args.timeout - (time.monotonic() - idle_since))
                 if wait <= 0:
                     break
             got = _next(link, wait)
             if got is None:
+                receiver.flush()
                 continue
             group, sender, envelope = got
             if group is None:
@@ -826,9 +865,12 @@ def _client_receive(args: argparse.Namespace) -> Any:
                 receiver.handle_group(group, envelope)
             current = None
             idle_since = time.monotonic()
+            if link.inbox.empty():  # a batch handled: one receipt per sender for all of it
+                receiver.flush()
     except KeyboardInterrupt:
         pass
     finally:
+        receiver.flush()
         refused = inst.spool([current] if current else [])  # delivered, acknowledged, not handled
         if link is not None:
             link.close()

@@ -22,20 +22,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from e2ee.protocol import certificate
+from e2ee.protocol.delivery import Delivery, Undeliverable
 from e2ee.protocol.group import GroupSessions, NotMember
 from e2ee.protocol.keys import KeyStore
 from e2ee.protocol.sender_key import Duplicate, SenderChain, SenderKeyError, UnknownChain
 from e2ee.protocol.session import SessionManager
 from e2ee.protocol.store import MAX_RECORD, NotFound, RecordStore
 from e2ee.protocol.trust import TrustStore
-from e2ee_host.client import DeviceClient, Enrolled
+from e2ee_host.client import ApiError, DeviceClient, Enrolled
 
 if TYPE_CHECKING:
     from e2ee_host.transport import HostLink
 
-__all__ = ["DISTRIBUTION_PREFIX", "HostInstall", "InstallError", "NoBrokerCredentials", "NotGroupMember"]
+__all__ = ["DISTRIBUTION_PREFIX", "MAX_OUTBOX", "HostInstall", "InstallError", "NoBrokerCredentials", "NotGroupMember"]
 
 KEY_FILE = "storage.key"
+# Messages kept per peer until its receipt: the offline promise (docs/broker.md), a message a
+# minute for a peer away 7 days. Beyond it send() raises OutboxFull: nothing is dropped unseen.
+MAX_OUTBOX = 10_080
 _SETTINGS = "settings"
 _SPOOL = "spool"  # store of envelopes the broker delivered that were not handled yet (not backed up)
 _FROM = "-from"
@@ -205,6 +209,27 @@ class HostInstall:
     def needs_session(self, peer: str) -> bool:
         """True when there is no session with `peer`, or only one started without a certificate."""
         return not self.sessions.has_session(peer) or self.sessions.peer_certificate(peer) is None
+
+    def delivery(self, on_status: Any = None) -> Delivery:
+        """This install's end-to-end delivery (docs/protocol.md §8): its outbox (at most
+        MAX_OUTBOX messages per peer, encrypted at rest under the install), receipts, exactly-once
+        by message id, session resets. Sessions it needs start from the service's bundles
+        (start_session); a peer the service says is gone or revoked fails its queued messages."""
+        return Delivery(self.sessions, str(self.directory), self.storage_key, self.device_id,
+                        starter=self._start_for_delivery, on_status=on_status, max_outbox=MAX_OUTBOX,
+                        max_peers=1024)
+
+    def _start_for_delivery(self, peer: str) -> None:
+        from e2ee.protocol.session import PeerRefused
+        try:
+            self.ensure_certificate()
+            self.start_session(peer)
+        except ApiError as e:
+            if e.status in (403, 404, 410):  # no such device (in this fleet), revoked
+                raise Undeliverable("the service refused %s's bundle: %s" % (peer, e)) from None
+            raise
+        except (certificate.CertificateError, PeerRefused) as e:
+            raise Undeliverable("%s: %s" % (type(e).__name__, e)) from None
 
     def start_session(self, peer: str) -> None:
         """X3DH with the peer's prekey bundle, its certificate verified against the pinned CA keys

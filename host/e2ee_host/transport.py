@@ -69,6 +69,7 @@ class HostLink:
         self.crls: queue.Queue[bytes] = queue.Queue(max_queued)
         self.group_messages: queue.Queue[tuple[str, bytes]] = queue.Queue(max_queued)  # (group, wire)
         self.dropped = 0  # received messages dropped because their queue was full
+        self.connects = 0  # connections made (subscriptions granted): a change means a reconnect
         self._groups: set[str] = set()
         self._lock = threading.Lock()  # orders subscribe() and its SUBACK callback
         self._subacks: dict[int, tuple[threading.Event, list[Any]]] = {}
@@ -121,6 +122,7 @@ class HostLink:
             log.error("%s: %s", self.device_id, self._refused)
         else:
             self._refused = None
+            self.connects += 1
             self._online.set()
         self._answered.set()
 

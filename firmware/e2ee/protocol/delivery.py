@@ -381,8 +381,8 @@ class Delivery:
             try:
                 wire = self.sessions.encrypt(p.peer, p.box.get_with(
                     "%08x-%08x" % (seq, p.seqs[seq] & 0xFFFFFFFF), _data_writer(p.stream, seq)))
-            except PeerRefused as e:
-                self._fail_all(p, type(e).__name__)
+            except PeerRefused as e:  # revoked, expired: what is queued never goes
+                self._fail_all(p, "%s: %s" % (type(e).__name__, e))
                 return count
             publish(p.peer, wire)
             count += 1

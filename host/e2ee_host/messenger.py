@@ -1,0 +1,166 @@
+"""End-to-end delivery for a host install over its broker link (docs/protocol.md §8): what the
+`e2ee client` commands send and receive through, and what an application embeds.
+
+    with Messenger.open(HostInstall.open(dir), on_message=print) as m:
+        seq = m.send("valve-3", b"open valve 7")      # kept in the outbox until valve-3's receipt
+        m.pump(5.0)                                     # receipts, resends, resets, messages in
+        m.status("valve-3", seq)                        # ("delivered", None) | ("sent", ...) | ...
+
+Every message sent is reported: sent (the broker has it), delivered (the recipient's encrypted
+receipt named it) or failed with a reason (no receipt within 7 days, the peer revoked or gone);
+a full outbox refuses at send() (OutboxFull). Received messages reach on_message once per
+message id, also when the sender resends them after a reconnect or a session reset. Closing
+spools whatever the broker handed over but nobody handled, so nothing received is lost.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from typing import Any
+
+from e2ee.protocol import delivery as _delivery
+from e2ee.protocol import envelope, keys, ratchet, sender_key, session
+from e2ee_host.transport import TransportError
+
+__all__ = ["MESSAGE_ERRORS", "Messenger"]
+
+log = logging.getLogger(__name__)
+
+# What a message this install cannot use raises (audit finding 6): it is acknowledged, counted and
+# dropped (its type logged, never its content). Store errors and OSError are the install's own
+# trouble and stop the caller.
+MESSAGE_ERRORS: tuple[type[Exception], ...] = (
+    session.MESSAGE_ERRORS + (_delivery.DeliveryError, ratchet.StateDecodeError, envelope.EnvelopeError,
+                              keys.KeyFormatError, sender_key.SenderKeyError, UnicodeDecodeError))
+_STATUSES_KEPT = 100_000  # (peer, seq) statuses remembered in memory for status()
+
+
+class Messenger:
+    def __init__(self, inst: Any, link: Any, on_message: Callable[[str, bytes], None] | None = None,
+                 on_status: Callable[[str, int, str, str | None], None] | None = None) -> None:
+        """inst: a HostInstall; link: its HostLink, connected. on_message(sender, payload) once
+        per message (default: kept in `received`); on_status(peer, seq, status, reason)."""
+        self.inst, self.link = inst, link
+        self.received: list[tuple[str, bytes]] = []
+        self.duplicates = self.failed = 0
+        self.last_error: str | None = None
+        self._on_message = on_message
+        self._on_status = on_status
+        self._statuses: dict[tuple[str, int], tuple[str, str | None]] = {}
+        self.delivery = inst.delivery(on_status=self._status)
+        self._connects = link.connects
+
+    @classmethod
+    def open(cls, inst: Any, broker: str | None = None, timeout: float = 10.0, tls_ca: str | None = None,
+             **kw: Any) -> Messenger:
+        """The install's link to its broker, connected, with a Messenger on it."""
+        return cls(inst, inst.link(broker, timeout=timeout, tls_ca=tls_ca).connect(), **kw)
+
+    def __repr__(self) -> str:
+        return "<Messenger %s>" % self.inst.device_id
+
+    def __enter__(self) -> Messenger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _status(self, peer: str, seq: int, status: str, reason: str | None) -> None:
+        if len(self._statuses) >= _STATUSES_KEPT:
+            self._statuses.pop(next(iter(self._statuses)))
+        self._statuses[(peer, seq)] = (status, reason)
+        if status == _delivery.FAILED:
+            log.warning("message %d to %s failed: %s", seq, peer, reason)
+        if self._on_status is not None:
+            self._on_status(peer, seq, status, reason)
+
+    def status(self, peer: str, seq: int) -> tuple[str, str | None]:
+        """The last status of message `seq` to `peer` this run: ("queued", None) while it waits in
+        the outbox unsent, else sent / delivered / failed with its reason."""
+        return self._statuses.get((peer, seq), ("queued", None))
+
+    def send(self, peer: str, data: bytes) -> int:
+        """Queues `data` for `peer` (in the outbox before this returns) and sends what the window
+        allows. Returns the message id. OutboxFull / DeliveryError when it cannot be queued."""
+        seq = self.delivery.send(peer, data)
+        self.flush()
+        return int(seq)
+
+    def pending(self, peer: str) -> int:
+        return int(self.delivery.pending(peer))
+
+    def flush(self) -> int:
+        """Receipts, reset requests and the data each window allows, to the broker. A link that is
+        down stops it: what was not sent stays due."""
+        if self.link.connects != self._connects:  # reconnected: messages on the way may be gone
+            self._connects = self.link.connects
+            self.delivery.reconnected()
+        try:
+            return int(self.delivery.flush(self.link.send))
+        except TransportError as e:
+            log.info("%s: flush stopped: %s", self.inst.device_id, e)
+            return 0
+
+    def handle(self, sender: str, wire: bytes) -> None:
+        """One inbox envelope: data to on_message once, receipts and reset requests to the outbox.
+        A message that cannot be used is counted (failed / duplicates) and dropped."""
+        if self.inst.is_probe(sender, wire):
+            return
+        try:
+            self.delivery.handle(sender, wire, self._deliver)
+        except ratchet.DuplicateMessage:
+            self.duplicates += 1
+        except MESSAGE_ERRORS as e:
+            self.failed += 1
+            self.last_error = type(e).__name__
+            log.warning("%s: dropped a message from %r: %s", self.inst.device_id, sender, self.last_error)
+
+    def _deliver(self, sender: str, payload: Any) -> None:
+        data = bytes(payload)
+        if self._on_message is None:
+            self.received.append((sender, data))
+        else:
+            self._on_message(sender, data)
+
+    def pump(self, wait: float = 0.0) -> int:
+        """Flushes, then handles what arrives within `wait` seconds (flushing after each batch, so
+        receipts are batched), then flushes again. Returns the number of inbox messages handled."""
+        self.flush()
+        handled = 0
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                sender, wire = self.link.inbox.get(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    break
+                self.flush()
+                continue
+            self.handle(sender, wire)
+            handled += 1
+            while True:
+                try:
+                    sender, wire = self.link.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                self.handle(sender, wire)
+                handled += 1
+            self.flush()
+        self.flush()
+        return handled
+
+    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Pumps until done() or the timeout; returns done()."""
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            self.pump(min(0.2, max(0.0, deadline - time.monotonic())))
+        return done()
+
+    def close(self) -> None:
+        """Last flush, then the link closed; what it received but nobody handled is spooled."""
+        self.flush()
+        self.link.close()
+        self.inst.spool_rest(self.link)
+        self.inst.save()
