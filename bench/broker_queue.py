@@ -43,14 +43,19 @@ def password(device_id: str) -> str:
     return "%s-broker-password" % device_id
 
 
-def template_settings(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The options of the development template (with `overrides` applied), first value of each."""
+def config_settings(conf: str) -> dict[str, str]:
+    """The options of Mosquitto configuration text, the first value of each."""
     found: dict[str, str] = {}
-    for line in with_settings(TEMPLATE.read_text(), overrides or {}).splitlines():
+    for line in conf.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.strip().partition(" ")
             found.setdefault(key, value)
     return found
+
+
+def template_settings(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The options of the development template (with `overrides` applied), first value of each."""
+    return config_settings(with_settings(TEMPLATE.read_text(), overrides or {}))
 
 
 def frames(sender: str, count: int, size: int, first: int = 0) -> list[bytes]:

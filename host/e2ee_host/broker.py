@@ -286,6 +286,9 @@ class DynSec:
         self._failure: str | None = None  # why the last connect or subscribe was refused
         self._closing = threading.Event()
         self._on_inbox = on_inbox
+        # the last revocation list this admin published per fleet, published again after every
+        # reconnect: a broker that crashed before saving it would serve an older one
+        self._lists: dict[str, bytes] = {}
         self._inbox: queue.Queue[Any] = queue.Queue(MAX_INBOX_BACKLOG)
         self._worker: threading.Thread | None = None
         self._client = paho_client(self, client_id or "e2ee-admin-" + uuid.uuid4().hex[:8], user, password,
@@ -364,6 +367,8 @@ class DynSec:
             log.error("broker admin at %s: %s", self._where, self._failure)
             return
         self._failure = None
+        for fleet, data in list(self._lists.items()):  # before any command's publish of this connection
+            client.publish(topics.crl(fleet), data, qos=1, retain=True)
         self._ready.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -518,5 +523,8 @@ class DynSec:
 
     def publish_revocation_list(self, fleet: str, data: bytes) -> None:
         """The signed revocation list, retained, on the fleet's topic (QoS 1); BrokerError when the
-        broker did not acknowledge it within the timeout."""
+        broker did not acknowledge it within the timeout. Published again after every reconnect of
+        this admin (a broker crash loses what it acknowledged since its last save, docs/broker.md):
+        peers that hold it already refuse the copy as certificate.RolledBack, which they ignore."""
+        self._lists[fleet] = data
         self._publish(topics.crl(fleet), data, True, "revocation list")

@@ -87,3 +87,26 @@ def test_admin_failures_are_broker_errors(broker: MosquittoProcess, paused, tmp_
             assert time.monotonic() - t0 < 15
     finally:
         admin.close()
+
+
+def test_the_admin_publishes_its_revocation_list_again_after_a_broker_crash(broker: MosquittoProcess) -> None:
+    # Packet exchange: the admin PUBLISHes revocation list 1 (retained, QoS 1); a graceful restart
+    # saves it. The admin PUBLISHes list 2 and gets its PUBACK; the broker is SIGKILLed before its
+    # next save (fewer than 16 changes) and restarts with list 1. paho reconnects; on the SUBACK of
+    # that connection the admin PUBLISHes list 2 again, so a client that SUBSCRIBEs to the crl topic
+    # afterwards gets list 2 as the retained message. Before, the broker served list 1 until the
+    # next revocation.
+    admin = DynSec(broker.host, broker.port, broker.admin_user, broker.admin_password, timeout=15)
+    try:
+        admin.publish_revocation_list(FLEET, b"signed list 1")
+        broker.restart()
+        admin.command("getClient", username=broker.admin_user)  # waits until the admin is back
+        admin.publish_revocation_list(FLEET, b"signed list 2")
+        broker.kill()
+        broker.start()
+        admin.command("getClient", username=broker.admin_user)
+        admin.provision_device(FLEET, "pump-1", "pump-1-broker-password")
+        with HostLink(broker.host, broker.port, FLEET, "pump-1", "pump-1-broker-password") as link:
+            assert link.crls.get(timeout=10) == b"signed list 2"
+    finally:
+        admin.close()

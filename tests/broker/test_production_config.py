@@ -19,7 +19,8 @@ import pytest
 from e2ee.protocol.certificate import MAX_NAME, MAX_SIGNED_REVOCATION_LIST
 from e2ee.protocol.envelope import MAX_ENVELOPE
 from e2ee.transport import topics
-from e2ee_host.broker import BrokerError, DynSec, _find, _free_port, _plugin, dev_tls, init_dynamic_security
+from e2ee_host.broker import (BrokerError, DynSec, _find, _free_port, _plugin, dev_tls, init_dynamic_security,
+                              with_settings)
 from e2ee_host.transport import HostLink, TransportError
 
 CONF = Path(__file__).resolve().parents[2] / "broker-config" / "mosquitto.production.conf"
@@ -35,15 +36,6 @@ def _settings(text: str) -> dict[str, list[str]]:
             key, _, value = line.strip().partition(" ")
             found.setdefault(key, []).append(value)
     return found
-
-
-def _with(text: str, replace: dict[str, str]) -> str:
-    """The file with the values of some options replaced, every other line as written."""
-    out = []
-    for line in text.splitlines():
-        key = line.strip().partition(" ")[0]
-        out.append("%s %s" % (key, replace[key]) if key in replace and not line.startswith("#") else line)
-    return "\n".join(out) + "\n"
 
 
 @dataclass
@@ -64,7 +56,7 @@ def production_broker(tmp_path: Path) -> Iterator[Broker]:
     init_dynamic_security(dynsec, "e2ee-admin", password)  # as an operator does once (docs/broker.md)
     port = _free_port()
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(_with(CONF.read_text(), {
+    conf.write_text(with_settings(CONF.read_text(), {
         "user": getpass.getuser(), "listener": "%d 127.0.0.1" % port,
         "certfile": str(tls["cert"]), "keyfile": str(tls["key"]),
         "persistence_location": "%s/" % data, "plugin": _plugin(),

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 from bench.broker_queue import (DEVICE, FLEET, GROUP, LARGEST_FRAME, PROMISED_GROUP, PROMISED_INBOX, TYPICAL_FRAME,
-                                Device, crash_loss, frames, provision, publish, publish_concurrently,
-                                template_settings)
+                                Device, config_settings, crash_loss, frames, provision, publish,
+                                publish_concurrently, template_settings)
 
 from e2ee.protocol.certificate import MAX_NAME
 from e2ee.protocol.delivery import Delivery
@@ -68,11 +68,7 @@ def test_both_configs_derive_their_queues_from_the_promise() -> None:
     # No packet exchange: the production file and the development template agree on every queue
     # and autosave option, and their values are the promise's arithmetic.
     development = template_settings()
-    written: dict[str, str] = {}  # the production file's
-    for line in PRODUCTION.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.strip().partition(" ")
-            written.setdefault(key, value)
+    written = config_settings(PRODUCTION.read_text())
     assert {k: written.get(k) for k in QUEUE_OPTIONS} == {k: development.get(k) for k in QUEUE_OPTIONS}
     assert PROMISED_INBOX == PROMISE_DAYS * 24 * 60 and PROMISED_GROUP == PROMISE_DAYS * 24 * 60 // 5
     assert int(written["max_queued_messages"]) == PROMISED_INBOX + PROMISED_GROUP
