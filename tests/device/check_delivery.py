@@ -242,6 +242,7 @@ def main():
     pump()
     assert a.sessions.sending_key("bob") != key_before, "no new session"
     assert b.got[-1] == ("alice", b"after the gap") and a.d.pending("bob") == 0
+    assert a.status[-2][2:] == (SENT, "resent") and a.status[-1][2] == DELIVERED, a.status[-2:]  # said so
     # the same request again names a key alice no longer sends with (and is too soon anyway)
     expect(ResetRefused, a.d.handle, "bob", reset, a.deliver)
     assert a.d.resets_taken == 1

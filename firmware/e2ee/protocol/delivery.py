@@ -315,7 +315,7 @@ class Delivery:
         p = self._peers.get(peer)
         if p is not None:
             p.restart = False
-            p.tx = {}
+            _resend_all(p)
 
     # Publishes what is due with publish(peer, envelope_bytes): reset requests, receipts, then
     # data within each peer's window (starting sessions first where needed). A publish that
@@ -367,7 +367,7 @@ class Delivery:
                 p.retry_at = now + 10
                 return count
             p.restart = False
-            p.tx = {}
+            _resend_all(p)
         if not p.seqs:
             return count
         seqs = sorted(p.seqs)
@@ -515,10 +515,18 @@ class Delivery:
         p.reset_taken = now
         p.restart = True
         p.retry_at = 0
-        p.tx = {}
+        _resend_all(p)
         self._load_box(p)
         self.resets_taken += 1
         return None
+
+
+# Everything of p's on the way goes again (a reset, a new session); each counts as sent before
+# (its status says resent).
+def _resend_all(p):
+    for seq in p.tx:
+        p.sends[seq] = p.tx[seq][2]
+    p.tx = {}
 
 
 def _data_writer(stream, seq):
