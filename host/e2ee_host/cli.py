@@ -2,6 +2,7 @@
 
     e2ee claims create --fleet F [--quota N] [--count N] [--expires-in S] [--owner O] [--role R]...
     e2ee claims list [--fleet F]
+    e2ee claims revoke CLAIM_ID [--reason TEXT]             no enrollment spends it from then on
     e2ee devices list [--fleet F] [--owner O]
     e2ee devices show DEVICE_ID
     e2ee devices revoke DEVICE_ID [--reason TEXT]
@@ -88,12 +89,30 @@ def _claims_create(client: OperatorClient, args: argparse.Namespace) -> Any:
     return "\n".join(lines)
 
 
+def _claim_status(claim: dict[str, Any]) -> str:
+    if claim.get("revoked_at"):
+        return "revoked"
+    if claim["used"] >= claim["quota"]:
+        return "used up"
+    expires = datetime.datetime.fromisoformat(claim["expires_at"])
+    return "expired" if expires <= datetime.datetime.now(datetime.timezone.utc) else "active"
+
+
 def _claims_list(client: OperatorClient, args: argparse.Namespace) -> Any:
     claims = client.list_claims(args.fleet)
     if args.json:
         return claims
-    return _table([[c["id"], c["fleet"], c["owner"] or "-", "%d/%d" % (c["used"], c["quota"]), c["expires_at"],
-                    c["label"]] for c in claims], ["id", "fleet", "owner", "used", "expires", "label"])
+    return _table([[c["id"], c["fleet"], c["owner"] or "-", "%d/%d" % (c["used"], c["quota"]), _claim_status(c),
+                    c["expires_at"], c.get("revoked_at") or "-", c["label"]] for c in claims],
+                  ["id", "fleet", "owner", "used", "status", "expires", "revoked", "label"])
+
+
+def _claims_revoke(client: OperatorClient, args: argparse.Namespace) -> Any:
+    c = client.revoke_claim(args.claim_id, args.reason)
+    if args.json:
+        return c
+    return "claim %d of fleet %s revoked at %s (%d of %d enrollments used)" % (
+        c["id"], c["fleet"], c["revoked_at"], c["used"], c["quota"])
 
 
 def _devices_list(client: OperatorClient, args: argparse.Namespace) -> Any:
@@ -943,6 +962,10 @@ def _parser() -> argparse.ArgumentParser:
     c = claims.add_parser("list", help="list claims")
     c.add_argument("--fleet")
     c.set_defaults(run=_claims_list)
+    c = claims.add_parser("revoke", help="revoke a claim: no enrollment spends it from then on")
+    c.add_argument("claim_id", type=int)
+    c.add_argument("--reason", default="")
+    c.set_defaults(run=_claims_revoke)
 
     devices = groups.add_parser("devices", help="enrolled devices").add_subparsers(dest="command", required=True)
     d = devices.add_parser("list", help="devices per fleet and owner")

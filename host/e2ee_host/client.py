@@ -209,6 +209,10 @@ class OperatorClient(ServiceClient):
     def list_claims(self, fleet: str | None = None) -> list[dict[str, Any]]:
         return self._op("GET", "/claims", params={"fleet": fleet})  # type: ignore[no-any-return]
 
+    def revoke_claim(self, claim_id: int, reason: str = "") -> dict[str, Any]:
+        """No enrollment spends the claim from now on; returns the claim (revoked_at set)."""
+        return self._op("POST", "/claims/%d/revoke" % claim_id, {"reason": reason})  # type: ignore[no-any-return]
+
     def list_devices(self, fleet: str | None = None, owner: str | None = None,
                      limit: int = 1000) -> list[dict[str, Any]]:
         """Every device matching the filters (pages through the list)."""

@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     app.state.enroll_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
     app.state.ca = FileCAKeystore(settings.ca_path)
     app.state.broker = broker
+    app.state.claim_revoked_hooks = []  # routes/claims.py on_claim_revoked()
     app.state.blobs = make_blob_store(settings)
     for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links, relay, groups):
         app.include_router(module.router)

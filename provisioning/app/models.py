@@ -102,6 +102,9 @@ class EnrollmentClaim(Base):
     roles: Mapped[str] = mapped_column(String(MAX_ROLES * (ROLE_MAX + 1)), default="")  # comma-separated
     # devices enrolling with this claim must present hardware binding evidence
     require_hardware: Mapped[bool] = mapped_column(Boolean, default=False)
+    # an operator's revocation (POST /claims/{id}/revoke): no enrollment spends the claim after it
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoke_reason: Mapped[str] = mapped_column(String(128), default="")
 
 
 class EnrollmentChallenge(Base):
@@ -340,6 +343,9 @@ class ClaimPublic(ClaimBase):
     used: int
     expires_at: datetime
     created_at: datetime
+    # set once an operator revoked the claim (None: not revoked)
+    revoked_at: datetime | None = None
+    revoke_reason: str = ""
 
 
 class ClaimsCreated(BaseModel):

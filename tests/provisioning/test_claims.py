@@ -4,7 +4,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from service_support import OPERATOR, dump_tables
+from service_support import OPERATOR, TestDevice, create_claim, dump_tables
+
+from e2ee_provisioning.api.routes.claims import on_claim_revoked
+from e2ee_provisioning.core.broker import BrokerError
+from e2ee_provisioning.models import ClaimPublic, EnrollmentClaim
 
 
 def test_create_single_use_and_batch_claims(client) -> None:  # type: ignore[no-untyped-def]
@@ -48,6 +52,7 @@ def test_invalid_claim_requests_are_422_and_change_nothing(client, body) -> None
 
 
 OPERATOR_ENDPOINTS = [("POST", "/claims", {"fleet": "plant-north"}), ("GET", "/claims", None),
+                      ("POST", "/claims/1/revoke", {"reason": "r"}),
                       ("POST", "/devices/x/revoke", {"reason": "r"}), ("DELETE", "/devices/x/registration-lock", None),
                       ("GET", "/devices", None), ("GET", "/devices/x", None), ("GET", "/keys/x/bundle", None),
                       ("GET", "/keys/x/inventory", None)]
@@ -63,3 +68,61 @@ def test_operator_auth_missing_is_401_wrong_is_403(client, method, path, body) -
         r = client.request(method, path, json=body, headers={"X-API-Key": wrong})
         assert r.status_code == 403, (wrong, r.text)
     assert dump_tables(client.app.state.engine) == before
+
+
+def test_revoked_claim_is_listed_and_never_spent_again(client) -> None:  # type: ignore[no-untyped-def]
+    token = create_claim(client, quota=5)
+    TestDevice("pump-1").enroll(client, token)
+    claim = client.get("/claims", headers=OPERATOR).json()[0]
+    assert claim["revoked_at"] is None and claim["used"] == 1
+    r = client.post("/claims/%d/revoke" % claim["id"], headers=OPERATOR, json={"reason": "token leaked"})
+    assert r.status_code == 200, r.text
+    revoked = r.json()
+    assert revoked["revoked_at"] and revoked["revoke_reason"] == "token leaked" and revoked["used"] == 1
+    assert client.get("/claims", headers=OPERATOR).json() == [revoked]
+    assert "e2ee_enrollment_claims_revoked_total 1" in client.get("/metrics").text
+    # the four enrollments left on the claim are gone: a typed 403, nothing written
+    body = TestDevice("pump-2").enrollment_body(client, token)
+    before = dump_tables(client.app.state.engine)
+    r = client.post("/enroll", json=body)
+    assert r.status_code == 403 and r.json()["detail"] == "enrollment claim is revoked"
+    assert dump_tables(client.app.state.engine) == before
+    # the device enrolled before keeps its certificate
+    assert client.get("/devices/pump-1", headers=OPERATOR).json()["revoked"] is False
+    # again: idempotent, the first time and reason stay, counted once
+    again = client.post("/claims/%d/revoke" % claim["id"], headers=OPERATOR, json={"reason": "other"})
+    assert again.status_code == 200 and again.json() == revoked
+    assert "e2ee_enrollment_claims_revoked_total 1" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("path,code", [("/claims/999/revoke", 404), ("/claims/0/revoke", 422),
+                                       ("/claims/%d/revoke" % 2**63, 422), ("/claims/x/revoke", 422)])
+def test_revoking_an_unknown_claim_changes_nothing(client, path, code) -> None:  # type: ignore[no-untyped-def]
+    create_claim(client)
+    before = dump_tables(client.app.state.engine)
+    r = client.post(path, headers=OPERATOR, json={})
+    assert r.status_code == code, r.text
+    assert dump_tables(client.app.state.engine) == before
+    r = client.post("/claims/1/revoke", headers=OPERATOR, json={"reason": "x" * 129})
+    assert r.status_code == 422 and dump_tables(client.app.state.engine) == before
+
+
+def test_claim_revoked_hooks_run_after_the_revocation(client) -> None:  # type: ignore[no-untyped-def]
+    """A hook (the service channel's claim credential) sees the committed revocation; a hook that
+    fails is a 502 and a second revocation runs it again."""
+    create_claim(client)
+    seen: list[tuple[int, bool]] = []
+    fail = [True]
+
+    def hook(claim: ClaimPublic) -> None:
+        with client.app.state.sessionmaker() as session:
+            seen.append((claim.id, session.get(EnrollmentClaim, claim.id).revoked_at is not None))
+        if fail[0]:
+            raise BrokerError("broker down")
+
+    on_claim_revoked(client.app, hook)
+    r = client.post("/claims/1/revoke", headers=OPERATOR, json={})
+    assert r.status_code == 502 and "revoke the claim again" in r.json()["detail"]
+    fail[0] = False
+    assert client.post("/claims/1/revoke", headers=OPERATOR, json={}).status_code == 200
+    assert seen == [(1, True), (1, True)]

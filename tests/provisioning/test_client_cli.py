@@ -68,6 +68,21 @@ def test_operator_cli(live_server, capsys) -> None:  # type: ignore[no-untyped-d
     serial = pump.enroll(tokens[0]).cert.serial.hex()
     code, out, _ = _cli(live_server, capsys, "claims", "list")
     assert code == 0 and "1/1" in out and "0/1" in out
+    assert "used up" in out and "active" in out and "revoked" not in out.splitlines()[1]
+    # the unused claim is revoked: listed as such, and the board holding it cannot enroll
+    unused = [c["id"] for c in OperatorClient(live_server.url, OPERATOR_KEY).list_claims() if c["used"] == 0][0]
+    code, out, _ = _cli(live_server, capsys, "claims", "revoke", str(unused), "--reason", "leaked")
+    assert code == 0 and "claim %d of fleet plant-north revoked" % unused in out
+    code, out, _ = _cli(live_server, capsys, "claims", "list")
+    row = [line for line in out.splitlines() if line.startswith(str(unused) + " ")][0]
+    assert "revoked" in row.split() and "0/1" in row
+    code, out, _ = _cli(live_server, capsys, "--json", "claims", "list")
+    assert [c["revoke_reason"] for c in json.loads(out)] == ["", "leaked"]
+    with pytest.raises(ApiError) as e:
+        DeviceClient(live_server.url, "pump-2", "plant-north", KeyStore.generate(2)).enroll(tokens[1])
+    assert e.value.status == 403 and "revoked" in e.value.detail
+    code, out, err = _cli(live_server, capsys, "claims", "revoke", "999")
+    assert code == 1 and "404" in err
     code, out, _ = _cli(live_server, capsys, "devices", "list", "--owner", "acme")
     assert code == 0 and "pump-1" in out and "active" in out
     code, out, _ = _cli(live_server, capsys, "devices", "show", "pump-1")

@@ -89,6 +89,12 @@ def _case_expired(client, device, token):  # type: ignore[no-untyped-def]
     return device.enrollment_body(client, token), 403, "expired"
 
 
+def _case_revoked_claim(client, device, token):  # type: ignore[no-untyped-def]
+    claim_id = client.get("/claims", headers=OPERATOR).json()[-1]["id"]
+    assert client.post("/claims/%d/revoke" % claim_id, headers=OPERATOR, json={"reason": "leaked"}).status_code == 200
+    return device.enrollment_body(client, token), 403, "enrollment claim is revoked"
+
+
 def _case_unknown_claim(client, device, token):  # type: ignore[no-untyped-def]
     return device.enrollment_body(client, "x" * 43), 403, "unknown enrollment claim"
 
@@ -152,7 +158,8 @@ def _case_revoked_keys_new_id(client, device, token):  # type: ignore[no-untyped
 
 
 NEGATIVE = {
-    "reused_claim": _case_reused, "expired_claim": _case_expired, "unknown_claim": _case_unknown_claim,
+    "reused_claim": _case_reused, "expired_claim": _case_expired, "revoked_claim": _case_revoked_claim,
+    "unknown_claim": _case_unknown_claim,
     "claim_of_other_fleet": _case_other_fleet, "wrong_pop_signer": _case_wrong_signer,
     "pop_over_other_challenge": _case_proof_for_other_challenge,
     "pop_for_other_device_id": _case_proof_for_other_device_id, "unknown_challenge": _case_unknown_challenge,

@@ -99,3 +99,27 @@ def test_0007_relay_ids_continue_past_every_id_of_the_old_schema(database_url: s
             assert len(conn.execute(text("SELECT id FROM relay_messages")).all()) == 2
     finally:
         engine.dispose()
+
+
+def test_0008_claims_carry_over_unrevoked(database_url: str) -> None:
+    # issue 14: 0008 adds claim revocation; claims made before it are not revoked, and the
+    # downgrade drops the columns with their revocations
+    engine = make_engine(database_url)
+    now = datetime.now(timezone.utc)
+    try:
+        _migrate(engine, "0007")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO enrollment_claims (token_sha256, fleet, label, quota, used, expires_at, "
+                              "created_at, owner, roles, require_hardware) VALUES ('ab', 'plant-north', '', 5, 1, "
+                              ":t, :t, '', '', false)"), {"t": now})
+        _migrate(engine, "head")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT used, revoked_at, revoke_reason FROM enrollment_claims")).one() == (
+                1, None, "")
+            conn.execute(text("UPDATE enrollment_claims SET revoked_at = :t, revoke_reason = 'leaked'"), {"t": now})
+        _migrate(engine, "0007", down=True)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT used FROM enrollment_claims")).scalar_one() == 1
+        assert "revoked_at" not in {c["name"] for c in inspect(engine).get_columns("enrollment_claims")}
+    finally:
+        engine.dispose()

@@ -24,6 +24,7 @@ COUNTERS = {
     "e2ee_revocation_list_publish_failures_total":
         "Revocation lists the broker did not take after a re-registration",
     "e2ee_enrollment_claims_created_total": "Enrollment claim tokens created",
+    "e2ee_enrollment_claims_revoked_total": "Enrollment claims revoked by an operator",
     "e2ee_auth_failures_total": "Requests refused for missing or wrong credentials",
 }
 

@@ -92,6 +92,8 @@ def _usable_claim(session: Session, token: str, fleet: str, metrics: Metrics) ->
         EnrollmentClaim.token_sha256 == hashlib.sha256(token.encode()).hexdigest()))
     if claim is None:
         raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "unknown enrollment claim")
+    if claim.revoked_at is not None:
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "enrollment claim is revoked")
     if claim.expires_at <= utcnow():
         raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "enrollment claim has expired")
     if claim.used >= claim.quota:
@@ -230,11 +232,12 @@ def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, s
     # --- every check passed: spend the claim and the challenge, then write ---
     spent = session.execute(update(EnrollmentClaim).where(
         EnrollmentClaim.id == claim.id, EnrollmentClaim.used < EnrollmentClaim.quota,
-        EnrollmentClaim.expires_at > now).values(used=EnrollmentClaim.used + 1))
+        EnrollmentClaim.expires_at > now, EnrollmentClaim.revoked_at.is_(None)).values(used=EnrollmentClaim.used + 1))
     used = session.execute(delete(EnrollmentChallenge).where(EnrollmentChallenge.id == challenge.id))
     if spent.rowcount != 1 or used.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()  # a concurrent enrollment took the last use or the challenge
-        raise _refuse(metrics, status.HTTP_409_CONFLICT, "claim or challenge was used concurrently; retry")
+        raise _refuse(metrics, status.HTTP_409_CONFLICT,
+                      "claim or challenge was used or revoked concurrently; retry")
     roles = claim.roles
     if device is None:
         device = Device(device_id=req.device_id, fleet=req.fleet, created_at=now, last_signed_at=0,
