@@ -32,13 +32,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from e2ee.transport import topics
+from e2ee_host import resources
 from e2ee_host.transport import MAX_RECONNECT_DELAY, paho_client
 
 __all__ = ["BrokerError", "DynSec", "MosquittoProcess", "dev_tls", "device_role", "init_dynamic_security",
            "service_role", "with_settings"]
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "broker-config" / "mosquitto.conf.template"
+TEMPLATE = resources.folder("broker-config") / "mosquitto.conf.template"
 CONTROL = "$CONTROL/dynamic-security/v1"
 SERVICE_ROLE = "e2ee-service"
 # Inbox messages received but not yet stored by the relay. The broker sends at most its

@@ -24,10 +24,9 @@ from e2ee import crypto
 from e2ee.protocol import envelope
 from e2ee.protocol.keys import fingerprint
 from e2ee.protocol.session import SessionManager
-from e2ee_host import micropython
+from e2ee_host import micropython, resources
 
-ROOT = Path(__file__).resolve().parents[2]
-DEVICE_SCRIPT = ROOT / "firmware" / "examples" / "session_demo.py"
+DEVICE_SCRIPT = resources.folder("firmware/examples") / "session_demo.py"
 # The whole stack imported as .mpy keeps its bytecode in the unix port's heap (~113 KB,
 # docs/performance.md); boards run it frozen in flash (issue 7).
 HEAP = "256K"

@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from e2ee_host import resources
+
 __all__ = ["FIRMWARE", "arch_of", "binary", "compile_sdk", "native_arch"]
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+# The folder holding the device package `e2ee`: firmware/ in a checkout, site-packages when installed.
+FIRMWARE = resources.sdk_root()
 
 
 def binary() -> str:

@@ -27,15 +27,14 @@ from e2ee.protocol import session as session_mod
 from e2ee.protocol.keys import KeyStore
 from e2ee.protocol.session import SessionManager
 from e2ee.protocol.trust import TrustStore
-from e2ee_host import board_link
+from e2ee_host import board_link, resources
 from e2ee_host.broker import MosquittoProcess
 from e2ee_host.client import DeviceClient, OperatorClient
 from e2ee_host.service import ServiceProcess
 from e2ee_host.transport import HostLink
 from e2ee_host.virtual_board import VirtualBoard
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "firmware" / "examples" / "mqtt_device.py"
+APP = resources.folder("firmware/examples") / "mqtt_device.py"
 FLEET = "plant-north"
 # A real random key: the demo service runs as production (the default, docs/decisions.md D19),
 # which refuses the development key.

@@ -15,9 +15,12 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from e2ee_host import resources
+
 __all__ = ["ALEMBIC_DIR", "make_engine", "make_sessionmaker", "run_migrations"]
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+# provisioning/alembic/ in a checkout, e2ee_provisioning/alembic/ in a wheel
+ALEMBIC_DIR = resources.folder("provisioning/alembic")
 # How long a SQLite writer waits for the database lock before "database is locked", ms.
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 
