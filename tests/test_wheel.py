@@ -6,7 +6,8 @@ without the project's .venv):
   service on SQLite, which migrates its database with the installed Alembic revisions;
 - `e2ee board virtual`, `e2ee flash` (the SDK compiled from the installed `e2ee` package) and
   `e2ee provision` (keys made on the board, enrollment);
-- `e2ee client init` / `send` / `receive` between two installs through that broker.
+- `e2ee client init` / `send` / `receive` between two installs through that broker;
+- `python -m e2ee_host.demo`, whose MicroPython device runs the installed firmware example.
 Dependencies come from the .venv's wheelhouse (.venv/wheelhouse), filled by `pip download` on
 the first run and whenever the wheel needs something it lacks; later runs install offline."""
 from __future__ import annotations
@@ -197,6 +198,10 @@ def test_the_installed_wheel_runs_service_broker_board_and_clients(installed, tm
         r = cli("client", "receive", "--dir", str(tmp_path / "a"), "--count", "1", "--timeout", "60", url=url)
         assert r.returncode == 0, r.stderr
         assert r.stdout.splitlines() == ["gw-b: and back"]
+
+        # the protocol demo: a MicroPython device runs the installed firmware example
+        r = _run([str(venv / "bin" / "python"), "-I", "-m", "e2ee_host.demo"], env=env, cwd=cwd)
+        assert r.returncode == 0 and r.stdout.rstrip().endswith("demo finished"), r.stdout + r.stderr
     finally:
         if board is not None:
             board.send_signal(signal.SIGINT)
