@@ -346,11 +346,7 @@ class Delivery:
                     wire = self.sessions.encrypt(p.peer, encode_receipt(stream, low, bits))
                 except MESSAGE_ERRORS:
                     break  # no session to carry it: the sender sends again, then it is receipted
-                try:
-                    publish(p.peer, wire)
-                except Exception:  # the link is down: still due (cleared before: publish may
-                    p.receipt = True  # hand over data whose receipt falls due meanwhile)
-                    raise
+                publish(p.peer, wire)
                 count += 1
         if p.seqs is None:
             return count
