@@ -87,6 +87,12 @@ def check(c):
     flipped[40] ^= 4
     raises(InvalidSignature, c.ed25519_verify, pub, b"firmware v1", flipped)
     raises(InvalidLength, c.ed25519_verify, pub[:31], b"m", sig)
+    # the message as parts: their concatenation is what is verified
+    c.ed25519_verify(pub, (b"firm", memoryview(b"ware v1")), sig)
+    c.ed25519_verify(pub, (b"", b"firmware v1", b""), sig)
+    raises(InvalidSignature, c.ed25519_verify, pub, (b"firmware v1", b"\x00"), sig)
+    raises(InvalidSignature, c.ed25519_verify, pub, (b"firmware", b" v2"), sig)
+    raises(InvalidLength, c.ed25519_verify, pub, (b"firmware v1", None), sig)
     raises(InvalidLength, c.ed25519_public_key, seed[:31])
     raises(InvalidLength, c.ed25519_sign, seed, b"m", pub[:5])
 

@@ -45,23 +45,42 @@ def x25519_base(c, rec):
     return None if bytes(c.x25519_base(rec["scalar"])) == rec["public"] else "public key differs"
 
 
-# RFC 8032 §7.1: public key, signature and self-verification from the seed.
+# RFC 8032 §7.1: public key, signature and self-verification from the seed, with the message
+# whole and in parts.
 def ed25519_sign(c, rec):
     if bytes(c.ed25519_public_key(rec["seed"])) != rec["public"]:
         return "public key differs"
     if bytes(c.ed25519_sign(rec["seed"], rec["msg"])) != rec["sig"]:
         return "signature differs"
     c.ed25519_verify(rec["public"], rec["msg"], rec["sig"])
+    c.ed25519_verify(rec["public"], _parts(rec["msg"]), rec["sig"])
     return None
 
 
-# Wycheproof EddsaVerify: valid must verify, invalid must raise InvalidSignature.
-def ed25519_verify(c, rec):
+# The message as a tuple of parts (crypto.ed25519_verify hashes them one after the other): an
+# empty part, a split in the middle and a memoryview tail.
+def _parts(msg):
+    mid = len(msg) // 2
+    return (b"", msg[:mid], memoryview(msg)[mid:])
+
+
+def _verifies(c, public, msg, sig):
     try:
-        c.ed25519_verify(rec["public"], rec["msg"], rec["sig"])
+        c.ed25519_verify(public, msg, sig)
     except (InvalidSignature, InvalidLength):
-        return "valid signature rejected" if _valid(rec) else None
-    return None if _valid(rec) else "invalid signature accepted"
+        return False
+    return True
+
+
+# Wycheproof EddsaVerify: valid must verify, invalid must raise InvalidSignature; the message in
+# parts must get the same answer as the message whole.
+def ed25519_verify(c, rec):
+    whole = _verifies(c, rec["public"], rec["msg"], rec["sig"])
+    if _verifies(c, rec["public"], _parts(rec["msg"]), rec["sig"]) != whole:
+        return "message in parts verifies differently"
+    if whole != _valid(rec):
+        return "valid signature rejected" if _valid(rec) else "invalid signature accepted"
+    return None
 
 
 # RFC 8439 §2.8 / Wycheproof AeadTest: seal must reproduce ct||tag, open must return msg;

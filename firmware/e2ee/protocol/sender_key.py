@@ -189,7 +189,7 @@ class SenderChain:
         if key_id != self.key_id:
             raise UnknownChain("message key id %08x, the chain held is %08x" % (key_id, self.key_id))
         try:
-            crypto.ed25519_verify(self.signing_pub, SIGN_LABEL + bytes(outer[1]), outer[2])
+            crypto.ed25519_verify(self.signing_pub, (SIGN_LABEL, outer[1]), outer[2])  # hashed in place
         except CryptoError:
             raise BadSignature("group message signature does not verify")
         ad = _ad(group_id, sender_id, key_id, iteration)

@@ -165,6 +165,7 @@ def sign(seed, public, msg):
 
 # RFC 8032 §5.1.7, cofactorless like OpenSSL: S < L, A decodes, and the encoding of
 # [S]B - [k]A equals the R bytes (an R that does not decode can never match).
+# msg: a buffer, or a tuple of buffers whose concatenation is the message (hashed part by part).
 def verify(public, msg, sig):
     sig = memoryview(sig)
     r_enc = sig[:32]
@@ -174,7 +175,7 @@ def verify(public, msg, sig):
     a = _decode(public)
     if a is None:
         return False
-    k = _scalar.reduce64(_hash(r_enc, public, msg))
+    k = _scalar.reduce64(_hash(r_enc, public, *msg) if type(msg) is tuple else _hash(r_enc, public, msg))
     minus_a = ((_P - a[0]) % _P, a[1], a[2], (_P - a[3]) % _P)
     check = _double_scalar_mult(_scalar.from_bytes(s_enc), k, minus_a)
     return _encode(check) == bytes(r_enc)

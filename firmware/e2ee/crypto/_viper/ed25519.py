@@ -397,6 +397,7 @@ def sign(seed, public, msg):
 
 # RFC 8032 §5.1.7, cofactorless like OpenSSL: S < L, A decodes, and the encoding of
 # [S]B - [k]A equals R (which rejects R that do not decode: encodings are canonical).
+# msg: a buffer, or a tuple of buffers whose concatenation is the message.
 def verify(public, msg, sig):
     ws = _ws
     R = bytes(sig[:32])
@@ -406,11 +407,15 @@ def verify(public, msg, sig):
     if not _decode(public):
         return False
     fe.run(ws, _MAKE_A_TABLE)
-    # SHA-512(R || A || M) streamed: no copy of M (a revocation list is 9 KB, twice on a heap
-    # that may not hold one such block twice)
+    # SHA-512(R || A || M) streamed: no copy of M, nor of its parts joined (a revocation list is
+    # 9 KB, twice on a heap that may not hold one such block twice)
     h = _SHA512(R)
     h.update(public)
-    h.update(msg)
+    if type(msg) is tuple:
+        for part in msg:
+            h.update(part)
+    else:
+        h.update(msg)
     k = _scalar.reduce64(h.digest())
     top_s = _naf4(_digits_s, S)
     top_k = _naf4(_digits_k, _scalar.to_bytes32(k))
