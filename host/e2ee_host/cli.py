@@ -224,10 +224,10 @@ def _provision(args: argparse.Namespace) -> Any:
 def _board_virtual(args: argparse.Namespace) -> Any:
     from e2ee_host.virtual_board import VirtualBoard
     with VirtualBoard(args.flash, args.profile) as board:
-        print("virtual %s board on %s (flash %s, heap %s); Ctrl-C powers it off" % (
-            board.profile.name, board.port, args.flash, board.heap), flush=True)
+        print("virtual %s board on %s (flash %s, heap %s; boot.py and main.py run at power-on); Ctrl-C "
+              "powers it off" % (board.profile.name, board.port, args.flash, board.heap), flush=True)
         try:
-            while board.running:
+            while board.powered:  # a soft reset keeps it on, a crash of the interpreter does not
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass

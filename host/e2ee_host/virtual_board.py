@@ -1,7 +1,7 @@
 """A virtual board: the MicroPython unix port behind a pseudo-terminal, reachable by `mpremote`
 exactly like a board on a USB serial port (docs/boards.md, "Virtual board").
 
-    with VirtualBoard(flash_dir, profile="esp32") as board:
+    with VirtualBoard(flash_dir, profile="esp32") as board:   # power on: boot.py, then main.py
         subprocess.run(["mpremote", "connect", board.port, "resume", "exec", "print(1)"])
         board.power_cut()   # SIGKILL: RAM is gone, the flash directory stays
         board.boot()        # a fresh interpreter on the same flash
@@ -11,9 +11,15 @@ interactive REPL, raw REPL included, as on a board's UART), and `port` is the ot
 stays the same across power cuts (a USB-serial adapter that stays plugged in); bytes sent while
 the board is off are lost, as on a real line. The interpreter's working directory is the flash
 directory, and `lib/` in it is on sys.path, as on ESP32 and RP2040 boards; the heap is capped at
-the board profile's budget. Unlike a board, Ctrl-C does not interrupt running code (the port reads
-it only at its REPL; letting the terminal turn it into SIGINT races with the port's own terminal
-modes and can kill the interpreter): a board stuck in an application is power-cut.
+the board profile's budget.
+
+What a port's main.c does is played here: at power-on boot.py runs, then main.py (in `__main__`,
+an exception printed), then the REPL. Ctrl-C interrupts running code (KeyboardInterrupt), as a
+board's UART interrupt does. A soft reset (Ctrl-D at an empty REPL line, which is what `mpremote`
+without `resume` sends, or SystemExit out of boot.py/main.py) ends the unix interpreter; the relay
+prints "MPY: soft reboot" and starts a fresh one on the same flash: RAM is gone, as after a board's
+soft reset, and boot.py runs again, then main.py unless the reset came from the raw REPL (a board
+keeps the raw REPL across a soft reset and skips main.py there).
 """
 from __future__ import annotations
 
@@ -63,6 +69,38 @@ BOARD_PROFILES = {
     "unix": BoardProfile("unix", "1024K", None, "MicroPython unix port, 1 MB heap"),
 }
 
+# The start-up of ports/esp32/main.c and ports/rp2/main.c, run by `micropython -i -c`: boot.py,
+# then main.py unless the REPL is in raw mode, each in __main__'s globals with an exception printed
+# as pyexec prints it. Each step is announced on a pipe to the relay (b: boot.py, m: main.py,
+# r: SystemExit, which a board answers with a soft reset); then the unix port's REPL starts.
+_STARTUP = """\
+def _startup(fd, raw):
+    import os, sys, time
+    ctl = open('/dev/fd/%%d' %% fd, 'wb')
+    for step, name in ((b'b', 'boot.py'),) if raw else ((b'b', 'boot.py'), (b'm', 'main.py')):
+        try:
+            os.stat(name)
+        except OSError:
+            continue
+        ctl.write(step)  # unbuffered (flush would fsync a pipe: EINVAL)
+        try:
+            execfile(name)
+        except SystemExit:
+            ctl.write(b'r')
+            while True:
+                time.sleep(1)
+        except BaseException as e:
+            sys.print_exception(e)
+    ctl.close()
+_startup(%d, %d)
+del _startup
+"""
+
+_RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+_FRIENDLY_BANNER = b'Type "help()" for more information.'
+_SOFT_REBOOT = b"MPY: soft reboot\r\n"
+_CTRL_C = b"\x03"
+
 
 class VirtualBoard:
     def __init__(self, flash_dir: str | os.PathLike[str], profile: str = "esp32",
@@ -84,18 +122,30 @@ class VirtualBoard:
         tty.setraw(slave)
         self.port = os.ttyname(slave)
         os.close(slave)  # the host opens it; while nobody does, the master reports a hang-up
+        # The running interpreter: its pty and its start-up pipe (None while the board is off).
+        # Only the relay thread closes retired descriptors, so it never selects on a closed one
+        # nor reads one the number of which was reused meanwhile.
         self._board_master: int | None = None
-        # interpreter ptys the relay must close: only the relay thread closes them, so it never
-        # selects on a closed descriptor nor reads one the number of which was reused meanwhile
+        self._control: int | None = None
         self._retired: list[int] = []
         self._proc: subprocess.Popen[bytes] | None = None
+        self._powered = False  # on from boot() until power_cut(): soft resets keep it on
         self._lock = threading.Lock()
-        self._banner_seen = threading.Event()
+        # Host bytes held back while the interpreter cannot take them: while it starts (until its
+        # REPL prompt or boot.py/main.py runs) and after a Ctrl-C interrupted code (until the
+        # prompt that follows): the unix REPL flushes its input when it switches terminal modes.
+        self._held: bytearray | None = None
+        self._held_until = 0.0
+        self._inject = b""  # sent at the next prompt: Ctrl-A after a soft reset from the raw REPL
+        self._raw = False  # the REPL mode last seen on the line
+        self._tail = b""
+        self._ready = threading.Event()
         self._closed = False
         self._wake_r, self._wake_w = os.pipe()
         self._relay = threading.Thread(target=self._pump, name="virtual-board-relay", daemon=True)
         self._relay.start()
-        self.boots = 0
+        self.boots = 0  # interpreters started: power-ons and soft resets
+        self.soft_resets = 0
 
     def __repr__(self) -> str:
         return "<VirtualBoard %s %s on %s>" % (self.profile.name, "on" if self.running else "off", self.port)
@@ -104,40 +154,56 @@ class VirtualBoard:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def boot(self) -> VirtualBoard:
-        """Powers the board on: a fresh interpreter on the flash directory."""
-        if self.running:
-            raise VirtualBoardError("the board is already running")
+    @property
+    def powered(self) -> bool:
+        """On from boot() until power_cut(), stop() or an interpreter crash; a soft reset keeps it on."""
+        return self._powered
+
+    def boot(self, timeout: float = 20.0) -> VirtualBoard:
+        """Powers the board on: a fresh interpreter on the flash directory runs boot.py and
+        main.py; returns once it takes input (its REPL prompt, or boot.py/main.py running)."""
+        with self._lock:
+            if self.running:
+                raise VirtualBoardError("the board is already running")
+            self._powered = True
+            self._ready.clear()
+            self._spawn(raw=False)
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.02):
+            if not self._powered:
+                proc = self._proc
+                raise VirtualBoardError("micropython exited at boot (%s)" % (proc.returncode if proc else "?"))
+            if time.monotonic() > deadline:
+                raise VirtualBoardError("the virtual board took no input within %.0f s" % timeout)
+        return self
+
+    # Starts an interpreter (the lock held): boot.py, main.py unless `raw`, then the REPL.
+    def _spawn(self, raw: bool) -> None:
         master, slave = pty.openpty()
         tty.setraw(master)
         tty.setraw(slave)
-        self._banner_seen.clear()
-        env = dict(os.environ, MICROPYPATH="lib:.frozen")
-        self._proc = subprocess.Popen([self.binary, "-X", "heapsize=" + self.heap], stdin=slave, stdout=slave,
-                                      stderr=slave, cwd=self.flash, env=env, start_new_session=True)
+        control_r, control_w = os.pipe()
+        # "./lib" ends in "/lib" as on a board, where `mpremote mip` looks for its target
+        env = dict(os.environ, MICROPYPATH="./lib:.frozen")
+        startup = _STARTUP % (control_w, int(raw))
+        self._proc = subprocess.Popen([self.binary, "-X", "heapsize=" + self.heap, "-i", "-c", startup],
+                                      stdin=slave, stdout=slave, stderr=slave, cwd=self.flash, env=env,
+                                      start_new_session=True, pass_fds=(control_w,))
         os.close(slave)
-        with self._lock:
-            self._board_master = master
-        os.write(self._wake_w, b"b")
+        os.close(control_w)
+        self._board_master, self._control = master, control_r
+        self._held, self._held_until = bytearray(), float("inf")
+        self._inject = b"\x01" if raw else b""
+        self._raw = False
+        self._tail = b""
         self.boots += 1
-        self._await_prompt()
-        return self
-
-    def _await_prompt(self, timeout: float = 20.0) -> None:
-        # the REPL banner ends with ">>> "; wait for the process to be up before mpremote talks
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise VirtualBoardError("micropython exited at boot (%s)" % self._proc.returncode  # type: ignore[union-attr]
-                                        if self._proc else "micropython did not start")
-            if self._banner_seen.is_set():
-                return
-            time.sleep(0.02)
-        raise VirtualBoardError("no REPL prompt from the virtual board within %.0f s" % timeout)
+        os.write(self._wake_w, b"b")
 
     def power_cut(self) -> None:
         """SIGKILL: whatever was in RAM is lost; files written so far stay on the flash."""
-        proc = self._proc
+        with self._lock:
+            self._powered = False
+            proc = self._proc
         if proc is None or proc.poll() is not None:
             return
         os.killpg(proc.pid, signal.SIGKILL)
@@ -152,10 +218,16 @@ class VirtualBoard:
         with self._lock:
             if only is not None and self._board_master != only:
                 return  # that interpreter is already gone and a new one may be up
-            master, self._board_master = self._board_master, None
-            if master is not None:
-                self._retired.append(master)
+            self._retire()
         os.write(self._wake_w, b"d")
+
+    # Retires the interpreter's descriptors (the lock held).
+    def _retire(self) -> None:
+        for fd in (self._board_master, self._control):
+            if fd is not None:
+                self._retired.append(fd)
+        self._board_master = self._control = None
+        self._held = None
 
     def _close_retired(self) -> None:
         with self._lock:
@@ -191,6 +263,9 @@ class VirtualBoard:
     # does not read holds the board back (flow control: a busy host loses nothing) for up to
     # PORT_STALL_S. Output of a board that has been switched off since waits a moment at most.
     PORT_STALL_S = 30.0
+    # How long host bytes wait after a Ctrl-C for the prompt of the REPL (code that catches
+    # KeyboardInterrupt and runs on gets them then).
+    INTERRUPT_HOLD_S = 2.0
 
     def _host_has_port(self) -> bool:
         poller = select.poll()
@@ -224,42 +299,113 @@ class VirtualBoard:
 
     def _pump(self) -> None:
         os.set_blocking(self._port_master, False)
-        tail = b""
         while not self._closed:
             self._close_retired()
             with self._lock:
-                board = self._board_master
-            if board is None:
-                tail = b""
+                board, control, held_until = self._board_master, self._control, self._held_until
             # a port nobody has open reads as hung up at once: look again for a host every 50 ms
             host = self._host_has_port()
             if not host:  # what a host wrote just before it let go is still on the line
                 self._from_port(board)
-            fds = [self._wake_r] + ([self._port_master] if host else []) + ([board] if board is not None else [])
+            fds = [self._wake_r] + ([self._port_master] if host else [])
+            fds += [fd for fd in (board, control) if fd is not None]
+            wait = None if host else 0.05
+            if self._held is not None and held_until != float("inf"):
+                wait = max(0.0, min(wait if wait is not None else 1.0, held_until - time.monotonic()))
             try:
-                ready, _, _ = select.select(fds, [], [], None if host else 0.05)
+                ready, _, _ = select.select(fds, [], [], wait)
             except (OSError, ValueError):
                 if self._closed:
                     return
                 continue
+            if self._held is not None and time.monotonic() >= self._held_until and board is not None:
+                self._release(board)
             if self._wake_r in ready:
                 os.read(self._wake_r, 64)
                 continue
+            if control is not None and control in ready:
+                self._from_control(control, board)
             if board is not None and board in ready:
-                try:
-                    data = os.read(board, 4096)
-                except OSError:  # the interpreter died: its pty reports EIO
-                    data = b""
-                if not data:
-                    if self._proc is not None and self._proc.poll() is not None:
-                        self._detach(only=board)
-                    continue
-                if b">>> " in tail + data:  # the prompt may arrive split across reads
-                    self._banner_seen.set()
-                tail = data[-4:]
-                self._to_port(data, board)
+                self._from_board(board)
             if self._port_master in ready:
                 self._from_port(board)
+
+    def _from_board(self, board: int) -> None:
+        try:
+            data = os.read(board, 4096)
+        except OSError:  # the interpreter died: its pty reports EIO
+            data = b""
+        if not data:
+            proc = self._proc
+            if proc is not None and proc.poll() is not None:
+                self._exited(board, proc.returncode)
+            return
+        seen = self._tail + data  # a marker may arrive split across reads
+        raw, friendly = seen.rfind(_RAW_BANNER), seen.rfind(_FRIENDLY_BANNER)
+        if raw != friendly:
+            self._raw = raw > friendly
+        self._tail = seen[-40:]
+        self._to_port(data, board)
+        # a prompt: the REPL reads its input now (raw REPL ">", friendly ">>> ")
+        if seen.endswith(b">>> ") or self._raw and seen.endswith(b">"):
+            self._ready.set()
+            if self._inject:
+                self._write_board(board, self._inject)
+                self._inject = b""
+            elif self._held is not None:
+                self._release(board)
+
+    # The start-up script's steps: boot.py or main.py runs (the board takes input: its code reads
+    # stdin, Ctrl-C interrupts it), or a SystemExit asks for a soft reset.
+    def _from_control(self, control: int, board: int | None) -> None:
+        try:
+            steps = os.read(control, 64)
+        except OSError:
+            steps = b""
+        if not steps:
+            with self._lock:
+                if self._control == control:
+                    self._retired.append(control)
+                    self._control = None
+            return
+        if b"r" in steps:
+            self._soft_reset(board)
+        elif board is not None:
+            self._ready.set()
+            if self._held is not None and not self._inject:
+                self._release(board)
+
+    # The interpreter ended by itself: a soft reset (Ctrl-D at an empty REPL line) exits with 0,
+    # and the board starts again; anything else is a crash, and the board stays off.
+    def _exited(self, board: int, code: int) -> None:
+        with self._lock:
+            if self._board_master != board:
+                return
+            self._retire()
+            if code != 0:
+                self._powered = False
+        if code == 0:
+            self._restart()
+
+    # SystemExit out of boot.py or main.py: the start-up script waits to be replaced.
+    def _soft_reset(self, board: int | None) -> None:
+        proc = self._proc
+        if proc is None or board is None:
+            return
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with self._lock:
+            if self._board_master != board:
+                return
+            self._retire()
+        self._restart()
+
+    def _restart(self) -> None:
+        self._to_port(_SOFT_REBOOT, -1)
+        with self._lock:
+            if self._powered and not self._closed and self._board_master is None:
+                self.soft_resets += 1
+                self._spawn(raw=self._raw)
 
     def _from_port(self, board: int | None) -> None:
         try:
@@ -267,7 +413,74 @@ class VirtualBoard:
         except OSError:  # nothing yet, or the host let go of the port
             return
         if board is not None and data:
+            self._deliver(data, board)
+
+    def _deliver(self, data: bytes, board: int) -> None:
+        while data:
+            if self._held is not None:
+                self._held += data
+                return
+            cut = data.find(_CTRL_C)
+            if cut < 0:
+                self._write_board(board, data)
+                return
+            self._write_board(board, data[:cut])
+            data = data[cut + 1:]
+            if self._interrupt():
+                self._held, self._held_until = bytearray(), time.monotonic() + self.INTERRUPT_HOLD_S
+            else:
+                self._write_board(board, _CTRL_C)  # the REPL reads it: a line or raw input cleared
+
+    def _release(self, board: int) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._deliver(bytes(held), board)
+
+    def _write_board(self, board: int, data: bytes) -> None:
+        try:
+            os.write(board, data)
+        except OSError:
+            pass
+
+    # Ctrl-C while code runs: the unix port catches SIGINT (KeyboardInterrupt) only while it
+    # executes code, and dies of it at its REPL, where it reads the byte instead. The interpreter
+    # is stopped while its handler is looked up, so the handler cannot change before the signal
+    # lands. Returns whether it was signalled.
+    def _interrupt(self) -> bool:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return False
+        pid = proc.pid
+        try:
+            os.kill(pid, signal.SIGSTOP)
             try:
-                os.write(board, data)
-            except OSError:
-                pass
+                deadline = time.monotonic() + 1.0
+                while _proc_state(pid) not in ("T", "t", "Z", None) and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                caught = _catches_sigint(pid)
+                if caught:
+                    os.kill(pid, signal.SIGINT)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            return False
+        return caught
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _catches_sigint(pid: int) -> bool:
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    except OSError:
+        pass
+    return False
