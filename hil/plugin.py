@@ -88,7 +88,7 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             pytest.skip("Wokwi needs WOKWI_CLI_TOKEN (a Wokwi CI token); none here")
         if not shutil.which("wokwi-cli"):
             pytest.skip("Wokwi needs wokwi-cli on PATH (https://docs.wokwi.com/wokwi-ci)")
-        pytest.skip("Wokwi runs the self-test scenario (.github/workflows/wokwi.yml); its serial port is not "
+        pytest.skip("Wokwi runs the self-test scenario (.github/workflows/firmware.yml); its serial port is not "
                     "exposed to mpremote, so the interactive scenarios run on virtual and real boards")
     else:
         raise pytest.UsageError("--board must be virtual, serial:<port> or wokwi, not %r" % board)

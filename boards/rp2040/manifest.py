@@ -3,6 +3,6 @@
 # micropython-lib, and the SDK as frozen bytecode.
 #   make -C ports/rp2 BOARD=RPI_PICO_W FROZEN_MANIFEST=<repo>/boards/rp2040/manifest.py \
 #       USER_C_MODULES=<repo>/firmware/cmodules/micropython.cmake
-include("$(PORT_DIR)/boards/manifest.py")
+include("$(BOARD_DIR)/manifest.py")  # the Pico W board manifest: the port's modules + bundle-networking
 require("umqtt.simple")
 package("e2ee", base_path="../../firmware")

