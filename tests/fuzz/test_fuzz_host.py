@@ -17,6 +17,7 @@ import base64
 import contextlib
 import functools
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from test_fuzz_certificate import Fleet
 from test_fuzz_session import KEY, NOW, Pair
 
 from e2ee.protocol.certificate import CertificateError
+from e2ee.protocol.delivery import encode_data
 from e2ee.protocol.enrollment import EnrollmentError
 from e2ee.protocol.group import GroupSessions
 from e2ee.protocol.keys import KeyFormatError, KeyStore
@@ -187,7 +189,7 @@ def test_fuzz_host_receiver_envelopes(receiver: Receiver, data: st.DataObject) -
             plaintext = DISTRIBUTION_PREFIX + bytes((len(group) & 0xFF,)) + group + dist
             cut = data.draw(st.sampled_from([len(plaintext)]) | st.integers(0, len(plaintext)))
             plaintext = plaintext[:cut]
-            _handled(inst, "handle", "pump-7", bytes(pump.encrypt("gw-1", plaintext, NOW)))
+            _handled(inst, "handle", "pump-7", bytes(pump.encrypt("gw-1", _data(plaintext), NOW)))
         _handled(inst, "handle_group", "line-3", data.draw(st.binary(max_size=200)))
 
 
@@ -200,10 +202,18 @@ def test_fuzz_host_receiver_group_messages(receiver: Receiver, data: st.DataObje
         groups = GroupSessions(str(pump_dir), KEY, "pump-7", rng=lambda n: bytes(range(3, 3 + n)))
         groups.set_members("line-3", ["gw-1"])
         plaintext = DISTRIBUTION_PREFIX + b"\x06line-3" + groups.create("line-3")
-        shown = _handled(inst, "handle", "pump-7", bytes(pump.encrypt("gw-1", plaintext, NOW)))
+        shown = _handled(inst, "handle", "pump-7", bytes(pump.encrypt("gw-1", _data(plaintext), NOW)))
         assert "sender key of pump-7 for group line-3 installed" in shown, shown
         wires = [groups.encrypt("line-3", b"group %d" % i) for i in range(3)]
         _handled(inst, "handle_group", "line-3", data.draw(inputs(wires, max_size=300)))
+
+
+_SEQ = itertools.count(1)
+
+
+def _data(payload: bytes) -> bytes:
+    """A pairwise plaintext as senders write it: a §8 DATA record (a new message id each time)."""
+    return encode_data(b"fuzz-str", next(_SEQ), payload)
 
 
 def _distribution() -> bytes:
