@@ -21,11 +21,11 @@ def test_power_cuts_while_the_board_floods_the_port(tmp_path) -> None:  # type: 
         for cycle in range(8):
             port = serial.Serial(board.port, 115200, timeout=0.05)
             port.write(FLOOD)
-            read = b""
-            deadline = time.monotonic() + random.uniform(0.05, 0.3)
+            read = _read_until(port, lambda r: b"x" * 70 in r)  # about 50 ms
+            assert b"x" * 70 in read, "the board did not print (cycle %d)" % cycle
+            deadline = time.monotonic() + random.uniform(0, 0.25)  # then the cut falls anywhere
             while time.monotonic() < deadline:
                 read += port.read(port.in_waiting or 1)
-            assert b"x" * 70 in read, "the board did not print (cycle %d)" % cycle
             if cycle % 2:  # half the time the host lets go first: the board prints to nobody
                 port.close()
                 time.sleep(0.3)
@@ -70,6 +70,14 @@ while True:
 """
 
 
+def _flash(tmp_path, **files: str):  # type: ignore[no-untyped-def]
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    for name, text in files.items():
+        (flash / (name + ".py")).write_text(text)
+    return flash
+
+
 def _runs(flash, count: int, timeout: float = 20.0) -> list[str]:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,6 +88,14 @@ def _runs(flash, count: int, timeout: float = 20.0) -> list[str]:  # type: ignor
     raise AssertionError("%d runs expected, runs.txt has %r" % (count, runs))
 
 
+def _read_until(port: serial.Serial, done, timeout: float = 10.0) -> bytes:  # type: ignore[no-untyped-def]
+    read = b""
+    deadline = time.monotonic() + timeout
+    while not done(read) and time.monotonic() < deadline:
+        read += port.read(256)
+    return read
+
+
 def _mpremote(port: str, *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "mpremote", "connect", port, *args], capture_output=True,
                           text=True, timeout=60)
@@ -88,18 +104,11 @@ def _mpremote(port: str, *args: str) -> str:
 
 
 def test_power_on_runs_boot_and_main_without_serial_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    (flash / "boot.py").write_text(BOOT_PY)
-    (flash / "main.py").write_text(MAIN_PY)
+    flash = _flash(tmp_path, boot=BOOT_PY, main=MAIN_PY)
     with VirtualBoard(flash, "unix") as board:
         assert _runs(flash, 2) == ["boot", "main"]  # nobody has opened the port
-        port = serial.Serial(board.port, 115200, timeout=0.1)
-        read = b""
-        deadline = time.monotonic() + 10
-        while b"tick" not in read and time.monotonic() < deadline:
-            read += port.read(256)
-        port.close()
+        with serial.Serial(board.port, 115200, timeout=0.1) as port:
+            read = _read_until(port, lambda r: b"tick" in r)
         assert b"tick" in read, read  # what main.py prints reaches a host that only listens
         board.reboot()  # a power cycle runs both again
         assert _runs(flash, 4) == ["boot", "main", "boot", "main"]
@@ -107,10 +116,7 @@ def test_power_on_runs_boot_and_main_without_serial_input(tmp_path) -> None:  # 
 
 
 def test_ctrl_c_resume_and_soft_reset(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    (flash / "boot.py").write_text(BOOT_PY)
-    (flash / "main.py").write_text(MAIN_PY)
+    flash = _flash(tmp_path, boot=BOOT_PY, main=MAIN_PY)
     with VirtualBoard(flash, "unix") as board:
         _runs(flash, 2)
         # mpremote's Ctrl-C interrupts main.py; `resume`: no soft reset, main.py's globals are there
@@ -124,34 +130,24 @@ def test_ctrl_c_resume_and_soft_reset(tmp_path) -> None:  # type: ignore[no-unty
         # Ctrl-D at the friendly REPL (where mpremote left the board) soft-resets with main.py
         with serial.Serial(board.port, 115200, timeout=0.1) as port:
             port.write(b"\r\x04")
-            read = b""
-            deadline = time.monotonic() + 10
-            while b"tick" not in read and time.monotonic() < deadline:
-                read += port.read(256)
+            read = _read_until(port, lambda r: b"tick" in r)
         assert b"MPY: soft reboot\r\n" in read and b"tick" in read, read
         assert board.soft_resets == 2 and _runs(flash, 5) == ["boot", "main", "boot", "boot", "main"]
         # Ctrl-C on the line interrupts main.py: KeyboardInterrupt, then the REPL
         with serial.Serial(board.port, 115200, timeout=0.1) as port:
             port.write(b"\x03")
-            read = b""
-            deadline = time.monotonic() + 10
-            while not read.endswith(b">>> ") and time.monotonic() < deadline:
-                read += port.read(256)
+            read = _read_until(port, lambda r: r.endswith(b">>> "))
             assert b"KeyboardInterrupt" in read, read
             port.write(b"print(ticks > 0)\r\n")
-            read = b""
-            while b"True" not in read and time.monotonic() < deadline:
-                read += port.read(256)
+            read = _read_until(port, lambda r: b"True" in r)
             assert b"True" in read, read
         assert board.running and board.soft_resets == 2
 
 
 def test_sys_exit_in_main_soft_resets(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    (flash / "main.py").write_text(  # the first run exits, as an application may on a fatal error
+    flash = _flash(tmp_path, main=(  # the first run exits, as an application may on a fatal error
         "import os, sys\nwith open('runs.txt', 'a') as f:\n    f.write('main\\n')\n"
-        "if len(open('runs.txt').read().split()) == 1:\n    sys.exit()\n")
+        "if len(open('runs.txt').read().split()) == 1:\n    sys.exit()\n"))
     with VirtualBoard(flash, "unix") as board:
         assert _runs(flash, 2) == ["main", "main"]
         assert board.soft_resets == 1 and board.running
