@@ -4,8 +4,10 @@ board (unix port, SDK loaded from .mpy) next to what an ESP32 application is lef
 
     scripts/size-report [--no-write]
 
-The device image is the `e2ee` package alone (firmware/e2ee): host-only code (e2ee_host, the
-provisioning service, protobuf) is not in it by construction. Writes the <!-- bench:size -->
+The device image is what `e2ee flash` copies to an ESP32 or RP2040 (e2ee_host.micropython.
+compile_board_image with the viper backend): the `e2ee` package (firmware/e2ee) without its
+CPython-only backend and without the pure backend; host-only code (e2ee_host, the provisioning
+service, protobuf) is not in it by construction. Writes the <!-- bench:size -->
 block of docs/performance.md.
 """
 from __future__ import annotations
@@ -40,14 +42,21 @@ def mpy_sizes() -> dict[str, dict[str, int]]:
     sizes: dict[str, dict[str, int]] = defaultdict(dict)
     for arch in ARCHES:
         with tempfile.TemporaryDirectory() as d:
-            for f in e2ee_micropython.compile_sdk(Path(d), arch):
+            for f in e2ee_micropython.compile_board_image(Path(d), arch, "viper"):
                 sizes[f.relative_to(d).as_posix()][arch] = f.stat().st_size
     return dict(sizes)
 
 
+def pure_backend_bytes() -> int:
+    """.mpy bytes of the pure backend package (bytecode: the same for every architecture)."""
+    with tempfile.TemporaryDirectory() as d:
+        files = e2ee_micropython.compile_board_image(Path(d), None, "pure")
+        return sum(f.stat().st_size for f in files if "/_pure/" in f.as_posix())
+
+
 def heap_after_import(heap_kb: int) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as d:
-        e2ee_micropython.compile_sdk(Path(d), e2ee_micropython.native_arch())
+        e2ee_micropython.compile_board_image(Path(d), e2ee_micropython.native_arch(), "viper")
         out = subprocess.run([e2ee_micropython.binary(), "-X", "heapsize=%dK" % heap_kb, "-c", IMPORT_ALL],
                              capture_output=True, text=True, env=e2ee_micropython.device_env(Path(d)), check=True)
     before, after = (int(x) for x in out.stdout.split())
@@ -69,8 +78,10 @@ def main() -> int:
     before, after = heap_after_import(budget + MPY_SDK_HEAP_KB)
     held = before - after
     notes = [
-        "The device image is firmware/e2ee only; host code (e2ee_host, e2ee_provisioning, protobuf) is never "
-        "compiled into it.",
+        "The device image is firmware/e2ee as `e2ee flash` copies it to a board that runs the viper backend: "
+        "without e2ee/crypto/_host.py (CPython only) and e2ee/crypto/_pure/ (a port without native code gets "
+        "_pure instead of _viper: %d bytes; with the C module built in, neither); host code (e2ee_host, "
+        "e2ee_provisioning, protobuf) is never compiled into it." % pure_backend_bytes(),
         "Heap after importing the SDK an application uses (crypto suite resolved, protocol core, provisioning "
         "agent) from .mpy on the virtual ESP32 board (unix port, %dK heap = the %d KB ESP32 budget + %d KB for "
         ".mpy bytecode in RAM): the import holds %d bytes, %d bytes stay free." % (

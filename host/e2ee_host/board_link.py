@@ -124,10 +124,15 @@ class BoardLink:
     def put(self, data: bytes, path: str) -> None:
         self._transport.fs_writefile(path, data)
 
-    def arch(self) -> str:
-        """The -march the board's bytecode needs (from sys.implementation._mpy)."""
+    def arch(self) -> str | None:
+        """The -march of the native code the board loads (from sys.implementation._mpy); None
+        when it loads bytecode only (a port built without native code)."""
         mpy = int(self.exec("import sys\nprint(sys.implementation._mpy)").strip())
-        return e2ee_micropython.arch_of(mpy)
+        return e2ee_micropython.arch_of(mpy) if (mpy >> 10) & 0x3F else None
+
+    def has_module(self, name: str) -> bool:
+        """True when the board's firmware imports `name` (a built-in such as _e2ee_crypto)."""
+        return self.exec("try:\n import %s\n print(1)\nexcept ImportError:\n print(0)" % name).strip() == "1"
 
 
 def upload_prekeys(board: BoardLink, service: Any, device_id: str, *, signed_prekey: bool = False,
@@ -155,12 +160,17 @@ def upload_prekeys(board: BoardLink, service: Any, device_id: str, *, signed_pre
 
 def flash(port: str, app: Path | None = None, *, progress: Progress = _quiet, source: Path | None = None) -> dict[str, int]:
     """Compiles the SDK for the board's architecture and copies it to lib/ (and `app` to
-    main.py). Returns {"files": n, "bytes": total}."""
+    main.py): no host-only module, and of the crypto backends only the one the board runs
+    (micropython.board_backend: none with the C module, viper where native code loads, else
+    pure). Returns {"files": n, "bytes": total, "backend": "viper" | "pure" | "c"}."""
     with BoardLink(port) as board:
         arch = board.arch()
-        progress("board at %s runs %s bytecode; compiling the SDK" % (port, arch))
+        backend = e2ee_micropython.board_backend(arch, board.has_module("_e2ee_crypto"))
+        progress("board at %s runs %s code; compiling the SDK with the %s crypto backend" % (
+            port, arch or "bytecode-only", backend or "C module's"))
         with tempfile.TemporaryDirectory() as tmp:
-            files = e2ee_micropython.compile_sdk(Path(tmp), arch, **({"source": source} if source else {}))
+            files = e2ee_micropython.compile_board_image(Path(tmp), arch, backend,
+                                                         **({"source": source} if source else {}))
             dirs = sorted({str(f.parent.relative_to(tmp)) for f in files})
             board.mkdir("lib")
             for d in dirs:
@@ -182,7 +192,7 @@ def flash(port: str, app: Path | None = None, *, progress: Progress = _quiet, so
         # what the board sees now: the SDK imports from lib/
         board.exec("import e2ee.board")
     progress("flashed %d files, %d bytes" % (len(files) + (app is not None), total))
-    return {"files": len(files) + (app is not None), "bytes": total}
+    return {"files": len(files) + (app is not None), "bytes": total, "backend": backend or "c"}
 
 
 def provision(port: str, url: str, token: str, device_id: str, fleet: str, *, one_time: int = 20,

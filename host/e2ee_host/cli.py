@@ -208,7 +208,8 @@ def _crl_show(client: OperatorClient, args: argparse.Namespace) -> Any:
 def _flash(args: argparse.Namespace) -> Any:
     from e2ee_host.board_link import flash
     done = flash(args.port, Path(args.app) if args.app else None, progress=_progress(args))
-    return done if args.json else "flashed %(files)d files (%(bytes)d bytes) to %(port)s" % dict(done, port=args.port)
+    return done if args.json else "flashed %(files)d files (%(bytes)d bytes, %(backend)s crypto) to %(port)s" % dict(
+        done, port=args.port)
 
 
 def _provision(args: argparse.Namespace) -> Any:

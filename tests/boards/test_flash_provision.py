@@ -20,7 +20,8 @@ from e2ee_host.virtual_board import VirtualBoard
 
 E2EE = str(Path(sys.executable).parent / "e2ee")
 OPERATOR_KEY = "boards-test-operator-key-5d1c"
-APP = Path(__file__).resolve().parents[2] / "firmware" / "examples" / "session_demo.py"
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+APP = FIRMWARE / "examples" / "session_demo.py"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,15 @@ def test_flash_then_provision_a_virtual_board(service, board) -> None:  # type: 
     assert "flashed" in r.stdout and "lib/e2ee/protocol/keys.mpy" in r.stderr  # progress lines
     assert (board.flash / "main.py").read_bytes() == APP.read_bytes()
     assert (board.flash / "lib" / "e2ee" / "crypto" / "__init__.mpy").is_file()
+    # the image holds no host-only module and, of the crypto backends, only the one the board runs
+    # (the virtual ESP32 loads native code: viper; no C module in its firmware)
+    flashed = {p.relative_to(board.flash / "lib").as_posix() for p in (board.flash / "lib").rglob("*.mpy")}
+    assert "viper crypto" in r.stdout
+    assert "e2ee/crypto/_host.mpy" not in flashed
+    assert not {f for f in flashed if f.startswith("e2ee/crypto/_pure/")}
+    assert "e2ee/crypto/_viper/ed25519.mpy" in flashed
+    assert flashed == {f.relative_to(FIRMWARE).with_suffix(".mpy").as_posix() for f in (FIRMWARE / "e2ee").rglob("*.py")
+                       if "_pure" not in f.parts and f.name != "_host.py"}
 
     r = e2ee("--url", service.url, "--json", "provision", "--port", board.port, "--claim", _claim(service),
              "--device-id", "pump-7", "--fleet", "plant-north", "--one-time", "12")

@@ -6,6 +6,7 @@ when a primitive is wrong."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,20 +26,40 @@ SELFTEST = ROOT / "firmware" / "examples" / "selftest.py"
 PASS_LINE = "E2EE SELFTEST PASS"
 
 
-def run_manifest(path: Path) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+class Options:
+    """MicroPython's IncludeOptions (tools/manifestfile.py): include() keywords, then defaults."""
+
+    def __init__(self, **kw: Any) -> None:
+        self._kw, self._defaults = kw, {}
+
+    def defaults(self, **kw: Any) -> None:
+        self._defaults = kw
+
+    def __getattr__(self, name: str) -> Any:
+        return self._kw.get(name, self._defaults.get(name))
+
+
+def run_manifest(path: Path, **options: Any) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
     """Executes a freeze manifest with recording stand-ins for MicroPython's manifest functions,
-    following include() of local files; returns the calls."""
+    in the manifest's directory as the freezer does, following include() of local files (with
+    their keyword options); returns the calls."""
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
     def record(name: str):  # type: ignore[no-untyped-def]
         def call(*args: Any, **kw: Any) -> None:
             calls.append((name, args, {**kw, "_dir": path.parent}))
             if name == "include" and not args[0].startswith("$("):
-                calls.extend(run_manifest(path.parent / args[0]))
+                calls.extend(run_manifest(path.parent / args[0], **kw))
         return call
 
-    env = {n: record(n) for n in ("include", "require", "package", "module", "metadata", "freeze")}
-    exec(compile(path.read_text(), str(path), "exec"), env)
+    env: dict[str, Any] = {n: record(n) for n in ("include", "require", "package", "module", "metadata", "freeze")}
+    env["options"] = Options(**options)
+    cwd = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        exec(compile(path.read_text(), str(path), "exec"), env)
+    finally:
+        os.chdir(cwd)
     return calls
 
 
@@ -49,18 +70,40 @@ def run_manifest(path: Path) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]
 BASE_MANIFEST = {"esp32": "$(PORT_DIR)/boards/manifest.py", "rp2040": "$(BOARD_DIR)/manifest.py"}
 
 
+def frozen_sdk(calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> set[str]:
+    """The SDK files the manifest's one package("e2ee", files=...) call freezes, checked to exist."""
+    packages = [c for c in calls if c[0] == "package"]
+    assert [p[1][0] for p in packages] == ["e2ee"]
+    files = set(packages[0][2]["files"])
+    root = packages[0][2]["_dir"] / packages[0][2].get("base_path", ".") / "e2ee"
+    assert all((root / f).is_file() for f in files)
+    return files
+
+
 @pytest.mark.parametrize("board", ["esp32", "rp2040"])
 def test_freeze_manifests(board: str) -> None:
     calls = run_manifest(BOARDS / board / "manifest.py")
-    assert [c[1] for c in calls if c[0] == "include"] == [(BASE_MANIFEST[board],)]
-    assert ("require", ("umqtt.simple",)) in [(c[0], c[1]) for c in calls]
-    packages = [c for c in calls if c[0] == "package"]
-    assert [p[1][0] for p in packages] == ["e2ee"]
-    assert (packages[0][2]["_dir"] / packages[0][2]["base_path"] / "e2ee" / "__init__.py").is_file()
+    # the port's (or board's) modules, then the SDK as e2ee flash copies it
+    assert [c[1] for c in calls if c[0] == "include"] == [(BASE_MANIFEST[board],), ("../../firmware/manifest.py",)]
+    # the SDK brings its own MQTT client: this manifest adds no umqtt.simple (issue 14, item 4; the
+    # ESP32 port's own manifest freezes it, the Pico W's does not)
+    assert "require" not in [c[0] for c in calls]
+    # no host-only module, the viper backend and not the pure one
+    files = frozen_sdk(calls)
+    assert "__init__.py" in files and "transport/mqtt.py" in files and "crypto/_viper/ed25519.py" in files
+    assert "crypto/_host.py" not in files and not [f for f in files if f.startswith("crypto/_pure/")]
     wokwi = run_manifest(BOARDS / board / "manifest_wokwi.py")
     modules = {c[1][0]: c[2]["_dir"] / c[2]["base_path"] / c[1][0] for c in wokwi if c[0] == "module"}
     assert set(modules) == {"selftest.py", "main.py"} and all(p.is_file() for p in modules.values())
     assert modules["selftest.py"].resolve() == SELFTEST
+
+
+@pytest.mark.parametrize("backend,present,absent", [("pure", "_pure", "_viper"), ("none", None, "_")])
+def test_sdk_manifest_backends(backend: str, present: str | None, absent: str) -> None:
+    files = frozen_sdk(run_manifest(ROOT / "firmware" / "manifest.py", backend=backend))
+    backends = {f.split("/")[1] for f in files if f.startswith("crypto/_") and f.count("/") == 2}
+    assert backends == ({present} if present else set()) and not [b for b in backends if b.startswith(absent)]
+    assert "crypto/__init__.py" in files and "protocol/session.py" in files
 
 
 def build_outputs(board: str) -> list[str]:
