@@ -35,8 +35,8 @@ from e2ee.transport import topics
 from e2ee_host import resources
 from e2ee_host.transport import MAX_RECONNECT_DELAY, paho_client
 
-__all__ = ["BrokerError", "DynSec", "MosquittoProcess", "dev_tls", "device_role", "init_dynamic_security",
-           "service_role", "with_settings"]
+__all__ = ["BrokerError", "DynSec", "MosquittoProcess", "REQUEST_TOPICS", "claim_role", "dev_tls", "device_role",
+           "init_dynamic_security", "service_role", "with_settings"]
 
 TEMPLATE = resources.folder("broker-config") / "mosquitto.conf.template"
 CONTROL = "$CONTROL/dynamic-security/v1"
@@ -45,6 +45,9 @@ SERVICE_ROLE = "e2ee-service"
 # max_inflight_messages (20) unacknowledged ones, so this only fills with redeliveries; beyond it a
 # message stays unacknowledged at the broker, which sends it again on the next connection.
 MAX_INBOX_BACKLOG = 1000
+# What the service channel's worker serves (api/channel.py): devices' signed requests and claims'
+# enrollments.
+REQUEST_TOPICS = (topics.service_request("+", "+"), topics.enroll_request("+", "+"))
 
 log = logging.getLogger(__name__)
 
@@ -238,21 +241,40 @@ class MosquittoProcess:
         self.stop()
 
 
+def _acl(acltype: str, topic: str) -> dict[str, Any]:
+    return {"acltype": acltype, "topic": topic, "priority": 0, "allow": True}
+
+
 def service_role() -> dict[str, Any]:
-    """The provisioning service publishes the revocation list of every fleet (retained) and, as
-    the HTTP relay, envelopes into inboxes."""
+    """The provisioning service publishes the revocation list of every fleet (retained), as the
+    HTTP relay envelopes into inboxes, and the answers of the service channel and of enrollment
+    by claim (api/channel.py)."""
     return {"rolename": SERVICE_ROLE, "acls": [
-        {"acltype": "publishClientSend", "topic": topics.PREFIX + "+/crl", "priority": 0, "allow": True},
-        {"acltype": "publishClientSend", "topic": topics.PREFIX + "+/d/+/inbox", "priority": 0, "allow": True}]}
+        _acl("publishClientSend", topics.PREFIX + "+/crl"),
+        _acl("publishClientSend", topics.PREFIX + "+/d/+/inbox"),
+        _acl("publishClientSend", topics.service_response("+", "+")),
+        _acl("publishClientSend", topics.enroll_response("+", "+"))]}
 
 
 def device_role(fleet: str, device_id: str) -> dict[str, Any]:
     """One role per device (Mosquitto 2.0's dynsec does not expand %u in role ACLs): read its own
-    inbox and its fleet's revocation list, write to the inboxes of its fleet."""
+    inbox and its fleet's revocation list, write to the inboxes of its fleet; the service channel:
+    write its own request topic, read its own answer topic."""
     return {"rolename": "dev-%s-%s" % (fleet, device_id), "acls": [
-        {"acltype": "subscribePattern", "topic": topics.inbox(fleet, device_id), "priority": 0, "allow": True},
-        {"acltype": "subscribePattern", "topic": topics.crl(fleet), "priority": 0, "allow": True},
-        {"acltype": "publishClientSend", "topic": topics.all_inboxes(fleet), "priority": 0, "allow": True},
+        _acl("subscribePattern", topics.inbox(fleet, device_id)),
+        _acl("subscribePattern", topics.crl(fleet)),
+        _acl("publishClientSend", topics.all_inboxes(fleet)),
+        _acl("publishClientSend", topics.service_request(fleet, device_id)),
+        _acl("subscribePattern", topics.service_response(fleet, device_id)),
+    ]}
+
+
+def claim_role(fleet: str, claim_id: int) -> dict[str, Any]:
+    """A claim's credential may do nothing but enroll: write its enroll request topic, read its
+    enroll answer topic (zero-touch enrollment, docs/provisioning.md)."""
+    return {"rolename": "clm-%s-%d" % (fleet, claim_id), "acls": [
+        _acl("publishClientSend", topics.enroll_request(fleet, claim_id)),
+        _acl("subscribePattern", topics.enroll_response(fleet, claim_id)),
     ]}
 
 
@@ -267,14 +289,17 @@ class DynSec:
 
     def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 10.0,
                  client_id: str | None = None, on_inbox: Callable[[str, str, bytes], None] | None = None,
-                 tls_ca: str | None = None) -> None:
+                 tls_ca: str | None = None, on_request: Callable[[str, bytes], None] | None = None) -> None:
         """client_id: a fixed id makes the session persistent (clean_session False), so inbox
         messages for relay clients that arrive while the service is down, or that it received but
         had not stored, wait at the broker. on_inbox(fleet, device_id, payload): every inbox message
         (the relay), called on the inbox worker, in order; an exception is logged (its type only)
         and the same message is offered again after a pause, so a failing store delays the relay
         but loses nothing. tls_ca: connect over TLS trusting this CA file (hostname checked).
-        Raises BrokerError when the broker refuses or does not answer within `timeout`."""
+        on_request(topic, payload): every request of the service channel and of enrollment by
+        claim (their req topics), called on a worker of its own, in order; it answers through
+        publish_answer(); acknowledged once it returned, whatever it raised (logged by type: a
+        request is never served twice). Raises BrokerError when the broker refuses or does not answer within `timeout`."""
         self.timeout = timeout
         self._where = "%s:%d" % (host, port)
         self._answers: dict[str, dict[str, Any]] = {}  # only for correlation ids in _waiting
@@ -291,6 +316,9 @@ class DynSec:
         self._lists: dict[str, bytes] = {}
         self._inbox: queue.Queue[Any] = queue.Queue(MAX_INBOX_BACKLOG)
         self._worker: threading.Thread | None = None
+        self._on_request = on_request
+        self._requests: queue.Queue[Any] = queue.Queue(MAX_INBOX_BACKLOG)
+        self._request_worker: threading.Thread | None = None
         self._client = paho_client(self, client_id or "e2ee-admin-" + uuid.uuid4().hex[:8], user, password,
                                    clean_session=client_id is None, tls_ca=tls_ca, manual_ack=True)
         if on_inbox is not None:
@@ -298,6 +326,12 @@ class DynSec:
             self._worker = threading.Thread(target=self._inbox_worker, args=(on_inbox,), name="e2ee-relay-inbox",
                                             daemon=True)
             self._worker.start()
+        if on_request is not None:
+            for pattern in REQUEST_TOPICS:
+                self._client.message_callback_add(pattern, self._on_request_message)
+            self._request_worker = threading.Thread(target=self._request_loop, args=(on_request,),
+                                                    name="e2ee-service-channel", daemon=True)
+            self._request_worker.start()
         try:
             self._client.connect(host, port)
         except (OSError, ValueError) as e:  # refused, unreachable, TLS handshake (ssl.SSLError)
@@ -312,6 +346,8 @@ class DynSec:
             self.close()
             raise BrokerError("no admin connection to the broker at %s: %s" % (self._where, why))
         self._check_service_role(user)
+        if on_request is not None:
+            self._ensure_service_acls()
 
     def __repr__(self) -> str:
         return "<DynSec %s>" % self._where
@@ -328,6 +364,16 @@ class DynSec:
                         "and relayed envelopes it publishes (docs/broker.md, init_dynamic_security)",
                         user, SERVICE_ROLE)
 
+    def _ensure_service_acls(self) -> None:
+        """A dynamic-security state made before the service channel lacks the service role's
+        answer ACLs: the broker would drop every answer. Added here (existing ones stay)."""
+        for acl in service_role()["acls"]:
+            try:
+                self.command("addRoleACL", rolename=SERVICE_ROLE, **acl)
+            except BrokerError as e:
+                if "already exists" not in str(e):
+                    log.warning("broker admin: the service role lacks %s and could not get it", acl["topic"])
+
     def close(self) -> None:
         """Stops the inbox worker (what it had not stored stays unacknowledged: the broker sends
         it again to the next session with this client id), then disconnects."""
@@ -337,6 +383,12 @@ class DynSec:
 
     def _stop_worker(self) -> None:
         self._closing.set()
+        if self._request_worker is not None:
+            try:
+                self._requests.put_nowait(None)
+            except queue.Full:
+                pass
+            self._request_worker.join(self.timeout)
         if self._worker is not None:
             try:
                 self._inbox.put_nowait(None)
@@ -353,6 +405,8 @@ class DynSec:
         wanted = [(CONTROL + "/response", 1)]
         if self._on_inbox is not None:
             wanted.append((topics.PREFIX + "+/d/+/inbox", 1))
+        if self._on_request is not None:
+            wanted += [(pattern, 1) for pattern in REQUEST_TOPICS]
         with self._lock:  # the SUBACK (same thread) cannot come before _sub_mid is known
             result, self._sub_mid = client.subscribe(wanted)
         if result != mqtt.MQTT_ERR_SUCCESS:
@@ -396,6 +450,26 @@ class DynSec:
         except queue.Full:  # not acknowledged: the broker sends it again on the next connection
             log.warning("relay backlog full (%d messages): one inbox message left at the broker",
                         MAX_INBOX_BACKLOG)
+
+    def _on_request_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            self._requests.put_nowait(msg)
+        except queue.Full:  # not acknowledged: the broker sends it again on the next connection
+            log.warning("service channel backlog full (%d requests): one request left at the broker",
+                        MAX_INBOX_BACKLOG)
+
+    # --- the request worker: serve (answers published from there), then acknowledge ---
+
+    def _request_loop(self, on_request: Callable[[str, bytes], None]) -> None:
+        while True:
+            msg = self._requests.get()
+            if msg is None or self._closing.is_set():
+                return
+            try:
+                on_request(msg.topic, bytes(msg.payload))
+            except Exception as e:  # served (or spent) already: never again
+                log.error("service channel request on %s failed (%s)", msg.topic, type(e).__name__)
+            self._client.ack(msg.mid, msg.qos)
 
     # --- the inbox worker: store, then acknowledge ---
 
@@ -513,6 +587,35 @@ class DynSec:
 
     def remove_group_member(self, fleet: str, group_id: str, device_id: str) -> None:
         self.command("removeClientRole", username=device_id, rolename="grp-%s-%s" % (fleet, group_id))
+
+    def provision_claim(self, fleet: str, claim_id: int, token: str) -> None:
+        """The claim's broker credential: username claim:<id> (no device id has a colon), the
+        token as password, any client id (boards of one batch claim connect at once), its role
+        allowing only its enroll topics."""
+        role = claim_role(fleet, claim_id)
+        try:
+            self.command("createRole", rolename=role["rolename"], acls=role["acls"])
+        except BrokerError as e:
+            if "already exists" not in str(e):
+                raise
+        self.command("createClient", username=topics.claim_user(claim_id), password=token,
+                     roles=[{"rolename": role["rolename"]}])
+
+    def remove_claim(self, fleet: str, claim_id: int) -> None:
+        """deleteClient ends a live connection of the claim and refuses it from then on; a claim
+        without a credential is no error."""
+        for command, field in (("deleteClient", {"username": topics.claim_user(claim_id)}),
+                               ("deleteRole", {"rolename": claim_role(fleet, claim_id)["rolename"]})):
+            try:
+                self.command(command, **field)
+            except BrokerError as e:
+                if "not found" not in str(e).lower():
+                    raise
+
+    def publish_answer(self, topic: str, payload: bytes) -> None:
+        """An answer of the service channel (QoS 1, not retained); BrokerError when the broker did
+        not acknowledge it within the timeout."""
+        self._publish(topic, payload, False, "service channel answer")
 
     # --- the HTTP relay (e2ee_provisioning.core.relay) ---
 

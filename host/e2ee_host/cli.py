@@ -1,6 +1,6 @@
 """`e2ee`: the operator's command line for the provisioning service (docs/provisioning.md, "CLI").
 
-    e2ee claims create --fleet F [--quota N] [--count N] [--expires-in S] [--owner O] [--role R]...
+    e2ee claims create --fleet F [--quota N] [--count N] [--expires-in S] [--owner O] [--role R]... [--mqtt HOST:PORT]
     e2ee claims list [--fleet F]
     e2ee claims revoke CLAIM_ID [--reason TEXT]             no enrollment spends it from then on
     e2ee devices list [--fleet F] [--owner O]
@@ -77,9 +77,25 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _claims_create(client: OperatorClient, args: argparse.Namespace) -> Any:
+    broker = None
+    if args.mqtt:
+        host, _, port = args.mqtt.rpartition(":")
+        if not host or not port.isdigit():
+            raise SystemExit("e2ee: --mqtt must be HOST:PORT (the broker as the boards reach it)")
+        broker = (host, int(port))
     made = client.create_claims(args.fleet, quota=args.quota, count=args.count, expires_in=args.expires_in,
                                 owner=args.owner, roles=args.role, label=args.label,
-                                require_hardware=args.require_hardware)
+                                require_hardware=args.require_hardware, mqtt=broker is not None)
+    if broker is not None:
+        # a claim file per token: e2ee_data/claim.json on a board (docs/boards.md, "Zero-touch enrollment")
+        ca_keys = [base64.b64encode(k).decode() for k in client.ca_keys()]
+        files = [json.dumps({"fleet": args.fleet, "host": broker[0], "port": broker[1], "claim": c["id"],
+                             "token": t, "ca_keys": ca_keys}) for c, t in zip(made.claims, made.tokens)]
+        if args.json:
+            return {"claims": made.claims, "tokens": made.tokens, "claim_files": [json.loads(f) for f in files]}
+        return "\n".join(["created %d claim(s) for fleet %s with broker credentials, %d enrollment(s) each" % (
+            len(made.tokens), args.fleet, args.quota),
+            "claim files (shown once; one per board as e2ee_data/claim.json):", *files])
     if args.json:
         return {"claims": made.claims, "tokens": made.tokens}
     lines = ["created %d claim(s) for fleet %s, %d enrollment(s) each, expiring %s" % (
@@ -959,6 +975,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--role", action="append", default=[], help="role/group for the certificates (repeatable)")
     c.add_argument("--label", default="")
     c.add_argument("--require-hardware", action="store_true", help="enrollment must carry hardware evidence")
+    c.add_argument("--mqtt", metavar="HOST:PORT", help="zero-touch: each token also a broker credential that may only "
+                   "enroll; prints a board claim file per token")
     c.set_defaults(run=_claims_create)
     c = claims.add_parser("list", help="list claims")
     c.add_argument("--fleet")

@@ -200,10 +200,15 @@ class OperatorClient(ServiceClient):
 
     def create_claims(self, fleet: str, *, quota: int = 1, count: int = 1, expires_in: int = 86_400,
                       owner: str = "", roles: Iterable[str] = (), label: str = "",
-                      require_hardware: bool = False) -> Claims:
-        doc = self._op("POST", "/claims", {"fleet": fleet, "quota": quota, "count": count, "expires_in": expires_in,
-                                           "owner": owner, "roles": list(roles), "label": label,
-                                           "require_hardware": require_hardware})
+                      require_hardware: bool = False, mqtt: bool = False) -> Claims:
+        """mqtt: each token also gets a broker credential for zero-touch enrollment over MQTT
+        (username claim:<id>, the token as password; docs/provisioning.md, "Service channel")."""
+        body: dict[str, Any] = {"fleet": fleet, "quota": quota, "count": count, "expires_in": expires_in,
+                                "owner": owner, "roles": list(roles), "label": label,
+                                "require_hardware": require_hardware}
+        if mqtt:
+            body["mqtt"] = True
+        doc = self._op("POST", "/claims", body)
         return Claims(doc["claims"], doc["tokens"])
 
     def list_claims(self, fleet: str | None = None) -> list[dict[str, Any]]:

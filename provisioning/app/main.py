@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from e2ee_host.fleet_ca import FileCAKeystore
+from e2ee_provisioning.api.channel import ServiceChannel, retire_revoked_claim
 from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, groups, health, keys, links, me, metrics, relay, revocations
 from e2ee_provisioning.core.authority import ensure_revocation_list
 from e2ee_provisioning.core.bodylimit import BodyLimit, RouteLimit
@@ -42,7 +43,8 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
             owned = app.state.broker = DynSec(
                 settings.broker_admin_host, settings.broker_admin_port, settings.broker_admin_user,
                 settings.broker_admin_password.get_secret_value(), client_id="e2ee-provisioning",
-                on_inbox=RelayBridge(app.state.sessionmaker).on_inbox, tls_ca=str(tls_ca) if tls_ca else None)
+                on_inbox=RelayBridge(app.state.sessionmaker).on_inbox, tls_ca=str(tls_ca) if tls_ca else None,
+                on_request=ServiceChannel(app).on_request)
         try:
             with app.state.sessionmaker() as session:
                 ensure_revocation_list(session, app.state.ca)
@@ -59,9 +61,12 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     app.state.metrics = Metrics()
     app.state.bundle_buckets = TokenBuckets(settings.bundle_rate_capacity, settings.bundle_rate_per_second)
     app.state.enroll_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
+    # the MQTT service channel (api/channel.py): requests per device topic, as enrollments per address
+    app.state.channel_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
     app.state.ca = FileCAKeystore(settings.ca_path)
     app.state.broker = broker
     app.state.claim_revoked_hooks = []  # routes/claims.py on_claim_revoked()
+    claims.on_claim_revoked(app, retire_revoked_claim(app))  # its zero-touch broker credential goes
     app.state.blobs = make_blob_store(settings)
     for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links, relay, groups):
         app.include_router(module.router)

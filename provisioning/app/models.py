@@ -336,6 +336,8 @@ class ClaimBase(BaseModel):
 class ClaimCreate(ClaimBase):
     expires_in: int = Field(86_400, ge=60, le=MAX_CLAIM_LIFETIME, description="seconds until expiry")
     count: int = Field(1, ge=1, le=MAX_CLAIMS_PER_REQUEST, description="tokens to create")
+    mqtt: bool = Field(False, description="also a broker credential per token that may only enroll over MQTT "
+                       "(zero-touch; username claim:<id>, the token as password; needs a broker)")
 
 
 class ClaimPublic(ClaimBase):
@@ -518,3 +520,15 @@ class RelayMessagePublic(BaseModel):
 
 class RegistrationLockSet(BaseModel):
     pin: str = Field(min_length=PIN_MIN, max_length=PIN_MAX, pattern=NO_NUL)
+
+
+class ServiceTime(BaseModel):
+    """The service's clock (GET /time and the service channel): boards without a real-time clock
+    set theirs from it before they check certificate validity or sign requests."""
+    now_ms: int
+
+
+class ChannelBundle(BundlePublic):
+    """The service channel's bundle answer: GET /keys/{id}/bundle and the device's newest valid
+    certificate (GET /identities/{id}) in one answer, what a board needs to start a session."""
+    certificate: B64Bytes

@@ -294,6 +294,9 @@ class RecordingBroker:
     def publish_revocation_list(self, fleet: str, data: bytes) -> None:
         self.calls.append(("crl", fleet, len(data)))
 
+    def remove_claim(self, fleet: str, claim_id: int) -> None:
+        self.calls.append(("remove-claim", fleet, str(claim_id)))
+
 
 def test_enrollment_and_revocation_drive_the_broker(client) -> None:  # type: ignore[no-untyped-def]
     broker = RecordingBroker()
@@ -303,10 +306,18 @@ def test_enrollment_and_revocation_drive_the_broker(client) -> None:  # type: ig
     mqtt = result["mqtt"]
     assert (mqtt["host"], mqtt["username"], mqtt["client_id"]) == ("broker.example", "pump-1", "pump-1")
     assert len(mqtt["password"]) >= 32
-    assert broker.calls == [("provision", "plant-north", "pump-1", mqtt["password"])]
+    # the single-use claim is spent: its broker credential (zero-touch enrollment) goes too
+    assert broker.calls[0] == ("provision", "plant-north", "pump-1", mqtt["password"])
+    assert broker.calls[1][:2] == ("remove-claim", "plant-north") and len(broker.calls) == 2
     assert client.post("/devices/pump-1/revoke", headers=OPERATOR, json={}).status_code == 200
     assert broker.calls[-2] == ("revoke", "pump-1") and broker.calls[-1][:2] == ("crl", "plant-north")
     assert mqtt["password"] not in json.dumps(client.get("/devices/pump-1", headers=OPERATOR).json())
+    # a claim of two uses keeps its credential after the first, loses it with the second
+    token = create_claim(client, quota=2)
+    assert TestDevice("pump-2").enroll(client, token).status_code == 201
+    assert broker.calls[-1][:3] == ("provision", "plant-north", "pump-2")
+    assert TestDevice("pump-3").enroll(client, token).status_code == 201
+    assert broker.calls[-1][:2] == ("remove-claim", "plant-north")
 
 
 # --- the device package under MicroPython ---------------------------------------------------

@@ -18,6 +18,10 @@
 # connect_with_backoff() once and poll() in its loop, calling connect_with_backoff() again when
 # poll() raises.
 #
+# The service channel (docs/provisioning.md, "Service channel"; e2ee.transport.service): with
+# `service` the link subscribes to its answer topic after every connect, hands what arrives there
+# to service.handle(), publishes its requests (publish()) and expires them in step().
+#
 # The MQTT client class comes in by injection: micropython-lib's umqtt.simple.MQTTClient on a
 # board, or e2ee.transport.mqtt.MQTTClient (the same API; its packet counter `rx` lets the link
 # see a PINGRESP, which umqtt.simple does not report, so with umqtt.simple a dead connection is
@@ -63,9 +67,9 @@ class Link:
     # on_message(sender, envelope) for inbox messages; on_crl(data) for the revocation list.
     # rng(n) -> n random bytes for the backoff jitter (default os.urandom). timeout: seconds a
     # socket operation may block (connect, the waits for CONNACK, SUBACK, PUBACK), None: forever.
-    # log(text): where dropped messages are reported (default print).
+    # log(text): where dropped messages are reported (default print). service: see above.
     def __init__(self, client_class, server, port, fleet, device_id, password, on_message, on_crl=None,
-                 keepalive=60, rng=None, timeout=30, log=None):
+                 keepalive=60, rng=None, timeout=30, log=None, service=None):
         self.fleet = fleet
         self.device_id = device_id
         self.keepalive = keepalive
@@ -74,6 +78,9 @@ class Link:
         self._args = (device_id, server, port, device_id, password, keepalive)
         self._on_message = on_message
         self._on_crl = on_crl
+        self._service = service
+        if service is not None:
+            service.publish = self.publish
         self._crl_topic = topics.crl(fleet).encode()
         self._rng = rng or os.urandom
         self.client = None
@@ -100,6 +107,8 @@ class Link:
             topic = topic.encode()
         sender = None
         try:
+            if self._service is not None and self._service.handle(topic, payload):
+                return
             if topic == self._crl_topic:
                 if self._on_crl:
                     self._on_crl(payload)
@@ -129,6 +138,8 @@ class Link:
                 client.connect(clean_session=False)
             client.subscribe(topics.inbox(self.fleet, self.device_id), 1)
             client.subscribe(topics.crl(self.fleet), 1)
+            if self._service is not None:
+                client.subscribe(self._service.topic, 1)
         except BaseException:
             self._drop()
             raise
@@ -171,6 +182,8 @@ class Link:
     # connection (kept in `error`; an OSError or MemoryError from on_message too: the message was
     # not acknowledged and comes again) drops it and schedules the next attempt. True while up.
     def step(self):
+        if self._service is not None:
+            self._service.step()
         try:
             if self.client is None:
                 if _elapsed(self._down) < self._wait:
@@ -193,11 +206,14 @@ class Link:
     # Publishes a framed envelope to the peer's inbox at QoS 1 and waits for its PUBACK. Raises
     # OSError(ENOTCONN) while down; a failure drops the connection (step() reconnects) and raises.
     def send(self, peer, envelope, fleet=None):
+        self.publish(topics.inbox(fleet or self.fleet, peer), topics.frame(self.device_id, envelope))
+
+    # Publishes payload on topic at QoS 1 (the service channel's requests), as send().
+    def publish(self, topic, payload):
         if self.client is None:
             raise OSError(errno.ENOTCONN)
         try:
-            self.client.publish(topics.inbox(fleet or self.fleet, peer), topics.frame(self.device_id, envelope),
-                                qos=1)
+            self.client.publish(topic, payload, qos=1)
         except Exception as e:
             self._fail(e)  # the stream may stop mid-packet: this connection is done
             raise

@@ -3,6 +3,10 @@
 #   e2ee/v1/<fleet>/d/<device_id>/inbox   the device's inbox: it alone reads, fleet members write
 #   e2ee/v1/<fleet>/g/<group>             a group topic: members read and write
 #   e2ee/v1/<fleet>/crl                   the signed revocation list, retained; the service writes
+#   e2ee/v1/<fleet>/svc/<device_id>/req   the service channel: the device's signed requests, only
+#   e2ee/v1/<fleet>/svc/<device_id>/resp  it writes req and reads resp; the service the other way
+#   e2ee/v1/<fleet>/enroll/<claim>/req    zero-touch enrollment by claim: the claim's holder writes
+#   e2ee/v1/<fleet>/enroll/<claim>/resp   req and reads resp (<claim>: the claim's id, decimal)
 # An inbox message is: 0x01 | len | sender device id | envelope (docs/protocol.md §4).
 PREFIX = "e2ee/v1/"
 FRAME_VERSION = 1
@@ -22,6 +26,28 @@ def group(fleet, group_id):
 
 def crl(fleet):
     return "%s%s/crl" % (PREFIX, fleet)
+
+
+def service_request(fleet, device_id):
+    return "%s%s/svc/%s/req" % (PREFIX, fleet, device_id)
+
+
+def service_response(fleet, device_id):
+    return "%s%s/svc/%s/resp" % (PREFIX, fleet, device_id)
+
+
+def enroll_request(fleet, claim):
+    return "%s%s/enroll/%s/req" % (PREFIX, fleet, claim)
+
+
+def enroll_response(fleet, claim):
+    return "%s%s/enroll/%s/resp" % (PREFIX, fleet, claim)
+
+
+# The broker username of a claim's credential: "claim:" is outside the device-id alphabet, so no
+# device can enroll under a claim's name or the other way round.
+def claim_user(claim):
+    return "claim:%s" % claim
 
 
 # The sender's id rides in front of the envelope; the session, not this field, proves who wrote it

@@ -26,8 +26,8 @@ from e2ee_provisioning.models import Device, Revocation, SignedRequest
 
 __all__ = [
     "AuthenticatedDevice", "BundleRateLimit", "CADep", "DeviceBackupAuth", "DeviceAuth", "EnrollRateLimit", "MetricsDep",
-    "OperatorAuth", "Requester", "RequesterAuth", "SessionDep", "SettingsDep", "accept_signed_write",
-    "device_is_revoked", "MAX_SQL_INTEGER", "Offset", "PageLimit", "RelayId",
+    "OperatorAuth", "Requester", "RequesterAuth", "SessionDep", "SettingsDep", "SignedHeaders", "accept_signed_write",
+    "bundle_rate_allows", "device_is_revoked", "verify_signed", "MAX_SQL_INTEGER", "Offset", "PageLimit", "RelayId",
 ]
 
 
@@ -126,14 +126,23 @@ def device_is_revoked(session: Session, device: Device) -> bool:
 
 def _verify_device(request: Request, session: Session, settings: Settings, metrics: Metrics,
                    signed: SignedHeaders, body: bytes) -> Device:
+    target = request.url.path + ("?" + request.url.query if request.url.query else "")  # the query is signed too
+    return verify_signed(session, settings, metrics, request.method, target, signed, body)
+
+
+def verify_signed(session: Session, settings: Settings, metrics: Metrics, method: str, target: str,
+                  signed: SignedHeaders, body: bytes) -> Device:
+    """The registered, unrevoked device whose IS signed `method target` with `body` at
+    `signed.timestamp` (within the skew), the signed message spent (single use); HTTPException
+    401/403/409 otherwise. HTTP requests and the MQTT service channel (api/channel.py) both
+    come through here, over the same signed bytes."""
     if abs(time.time() * 1000 - timestamp_ms(signed.timestamp)) > settings.request_max_skew * 1000:
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED,
                       "request timestamp is more than %d s from server time" % settings.request_max_skew)
     device = session.scalar(select(Device).where(Device.device_id == signed.device_id))
     if device is None:
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "unknown device")
-    target = request.url.path + ("?" + request.url.query if request.url.query else "")  # the query is signed too
-    message = signed_request_message(request.method, target, signed.timestamp, signed.device_id, body)
+    message = signed_request_message(method, target, signed.timestamp, signed.device_id, body)
     try:
         crypto.ed25519_verify(device.is_pub, message, signed.signature)
     except CryptoError:
@@ -251,16 +260,21 @@ RequesterAuth = Annotated[Requester, Depends(require_requester)]
 def limit_bundle_fetches(request: Request, requester: RequesterAuth, metrics: MetricsDep) -> Requester:
     """One token per bundle fetch from the requester's bucket (per device, or per client address
     for operator keys); 429 with Retry-After when it is empty."""
-    buckets: TokenBuckets = request.app.state.bundle_buckets
     key = requester.rate_key
     if requester.device is None:
         key += ":" + (request.client.host if request.client else "?")
+    bundle_rate_allows(request.app.state.bundle_buckets, key, metrics)
+    return requester
+
+
+def bundle_rate_allows(buckets: TokenBuckets, key: str, metrics: Metrics) -> None:
+    """Takes a token from `key`'s bucket (Requester.rate_key: devices share one bucket across
+    HTTP and the service channel); 429 with Retry-After when it is empty."""
     if not buckets.allow(key):
         metrics.inc("e2ee_bundle_fetches_rate_limited_total")
         retry = max(1, int(1 / buckets.per_second))
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "bundle fetch rate limit",
                             headers={"Retry-After": str(retry)})
-    return requester
 
 
 BundleRateLimit = Annotated[Requester, Depends(limit_bundle_fetches)]

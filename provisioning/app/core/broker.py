@@ -23,3 +23,11 @@ class BrokerAdmin(Protocol):
 
     def publish_revocation_list(self, fleet: str, data: bytes) -> None:
         """Publishes the signed revocation list, retained, on the fleet's topic."""
+
+    def provision_claim(self, fleet: str, claim_id: int, token: str) -> None:
+        """Creates the claim's broker credential (username claim:<id>, the token as password) that
+        may only use its own enroll topics (zero-touch enrollment, api/channel.py)."""
+
+    def remove_claim(self, fleet: str, claim_id: int) -> None:
+        """Deletes the claim's credential (a live connection is ended); one that does not exist
+        is no error."""

@@ -12,7 +12,6 @@ import logging
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
-
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Request, status
@@ -92,8 +91,16 @@ def revoke_claim(*, session: Session, claim_id: int, reason: str) -> tuple[Enrol
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ClaimsCreated)
-def post_claims(claim_in: ClaimCreate, session: SessionDep, metrics: MetricsDep) -> ClaimsCreated:
+def post_claims(claim_in: ClaimCreate, request: Request, session: SessionDep, metrics: MetricsDep) -> ClaimsCreated:
+    """`mqtt`: each token also becomes a broker credential that may only enroll over MQTT
+    (zero-touch enrollment, docs/provisioning.md "Service channel"); 503 without a broker."""
+    broker = request.app.state.broker
+    if claim_in.mqtt and broker is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "claims with mqtt need the service to drive a broker")
     claims, tokens = create_claims(session=session, claim_in=claim_in)
+    if claim_in.mqtt:
+        from e2ee_provisioning.api.channel import provision_claim_credentials
+        provision_claim_credentials(session, broker, claims, tokens)
     metrics.inc("e2ee_enrollment_claims_created_total", len(claims))
     return ClaimsCreated(claims=[to_public(c) for c in claims], tokens=tokens)
 

@@ -29,7 +29,7 @@ from e2ee import crypto
 from e2ee.crypto.errors import CryptoError
 from e2ee.protocol import enrollment, keys
 from e2ee.protocol.certificate import decode_certificate_unverified
-from e2ee_host.fleet_ca import issue_certificate
+from e2ee_host.fleet_ca import CAKeystore, issue_certificate
 from e2ee_provisioning.api.deps import CADep, EnrollRateLimit, MetricsDep, SessionDep, SettingsDep, raw_body
 from e2ee_provisioning.core.authority import current_revocation_list, publish_revocation_list
 from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
@@ -153,14 +153,14 @@ def _check_registration_lock(session: Session, device: Device, req: EnrollmentRe
         raise _refuse(metrics, status.HTTP_423_LOCKED, "registration lock: wrong PIN (%d attempts left)" % left)
 
 
-def _broker_credentials(request: Request, settings: Settings, device: Device,
-                        metrics: Metrics) -> MqttCredentials | None:
-    """A fresh broker password for the device, set on the broker before the enrollment commits
-    (core/broker.py); None when the service drives no broker."""
-    broker: BrokerAdmin | None = request.app.state.broker
+def _broker_credentials(broker: BrokerAdmin | None, settings: Settings, device: Device, metrics: Metrics,
+                        password: str | None) -> MqttCredentials | None:
+    """The device's broker password (a fresh random one, or the one the device chose when it
+    enrolls over MQTT), set on the broker before the enrollment commits (core/broker.py); None
+    when the service drives no broker."""
     if broker is None:
         return None
-    password = secrets.token_urlsafe(24)
+    password = password or secrets.token_urlsafe(24)
     try:
         broker.provision_device(device.fleet, device.device_id, password)
     except BrokerError:
@@ -169,11 +169,10 @@ def _broker_credentials(request: Request, settings: Settings, device: Device,
                            client_id=device.device_id, password=password)
 
 
-def _publish_revocation_list(request: Request, fleet: str, data: bytes, metrics: Metrics) -> None:
+def _publish_revocation_list(broker: BrokerAdmin | None, fleet: str, data: bytes, metrics: Metrics) -> None:
     """The list that revokes the superseded certificates, retained on the fleet's crl topic
     (docs/broker.md), after the commit; a broker that does not take it is logged and counted:
     the enrollment stands and the next list published carries the serials too."""
-    broker: BrokerAdmin | None = request.app.state.broker
     if broker is None:
         return
     try:
@@ -190,8 +189,37 @@ def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, s
                 x_api_key: Annotated[str | None, Header()] = None) -> EnrollmentResult:
     """X-API-Key (optional): an operator's key, which authorizes re-registering a device id with
     new keys without its owner's claim."""
-    now = utcnow()
     operator = _check_operator_key(x_api_key, settings, metrics)
+    return enroll(req, session=session, settings=settings, metrics=metrics, ca=ca, broker=request.app.state.broker,
+                  operator=operator)
+
+
+def _retire_spent_claim(session: Session, broker: BrokerAdmin | None, claim: EnrollmentClaim) -> None:
+    """A claim whose last use this enrollment took loses its broker credential (zero-touch
+    enrollment by claim, api/channel.py): useless once spent. A broker that does not take the
+    command is logged; the credential can do nothing but ask for enrollments, which the claim
+    now refuses (and the service channel then retires it again)."""
+    if broker is None:
+        return
+    used, quota = session.execute(select(EnrollmentClaim.used, EnrollmentClaim.quota)
+                                  .where(EnrollmentClaim.id == claim.id)).one()
+    session.rollback()  # the read ends here: SQLite's BEGIN IMMEDIATE must not hold the lock
+    if used < quota:
+        return
+    try:
+        broker.remove_claim(claim.fleet, claim.id)
+    except BrokerError:
+        log.warning("the broker did not remove the credential of spent claim %d", claim.id)
+
+
+def enroll(req: EnrollmentRequest, *, session: Session, settings: Settings, metrics: Metrics, ca: CAKeystore,
+           broker: BrokerAdmin | None, operator: bool, mqtt_password: str | None = None,
+           retire_spent_claim: bool = True) -> EnrollmentResult:
+    """The enrollment of POST /enroll (checks in the documented order, then the writes), for
+    HTTP and the service channel's enroll-by-claim (api/channel.py), which passes the broker
+    password the device chose and retires a spent claim's credential itself, once its answer
+    went out over that credential's connection. HTTPException for every refusal."""
+    now = utcnow()
     # 1. a fresh challenge of ours
     challenge = session.scalar(select(EnrollmentChallenge).where(EnrollmentChallenge.nonce == req.challenge))
     if challenge is None or challenge.expires_at <= now:
@@ -273,18 +301,20 @@ def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, s
     if rekey:
         publish_revocation_list(session, ca)
         metrics.inc("e2ee_revocation_lists_signed_total")
-    mqtt = _broker_credentials(request, settings, device, metrics)
+    mqtt = _broker_credentials(broker, settings, device, metrics, mqtt_password)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
         raise _refuse(metrics, status.HTTP_409_CONFLICT, "device was enrolled concurrently; retry")
     metrics.inc("e2ee_enrollments_total")
+    if retire_spent_claim:
+        _retire_spent_claim(session, broker, claim)
     log.info("enrolled %s in fleet %s: certificate %s until %d%s", device.device_id, device.fleet, serial.hex(),
              not_after, " (re-registered with new keys)" if rekey else "")
     crl = current_revocation_list(session)
     if rekey:
-        _publish_revocation_list(request, device.fleet, crl.data, metrics)
+        _publish_revocation_list(broker, device.fleet, crl.data, metrics)
     return EnrollmentResult(device_id=device.device_id, fleet=device.fleet, certificate=data, serial=serial.hex(),
                             not_after=not_after, ca_keys=ca.public_keys(), revocation_list=crl.data,
                             mqtt=mqtt)

@@ -20,6 +20,7 @@ from e2ee_provisioning.api.deps import (
     device_is_revoked,
 )
 from e2ee_provisioning.core.config import Settings
+from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.models import (
     BundlePublic, Device, InventoryPublic, OneTimePrekey, PrekeyUpload, SignedPrekey, utcnow,
 )
@@ -138,8 +139,15 @@ def get_bundle(device_id: str, requester: BundleRateLimit, session: SessionDep, 
     prekey and, while any are left, one one-time prekey that no other fetch gets. Operators, and
     devices of the same fleet: another fleet's device gets 404 (issue 12, finding 10)."""
     response.headers["Cache-Control"] = "no-store"
+    return serve_bundle(session=session, metrics=metrics, requester=requester.device, device_id=device_id)
+
+
+def serve_bundle(*, session: Session, metrics: Metrics, requester: Device | None, device_id: str) -> BundlePublic:
+    """The bundle of get_bundle for `requester` (a device, or None for an operator), its one-time
+    prekey taken; HTTP and the service channel (api/channel.py) serve bundles through here.
+    HTTPException 404 (unknown, another fleet, no signed prekey) or 410 (revoked)."""
     device = _device(session, device_id)
-    if requester.device is not None and requester.device.fleet != device.fleet:
+    if requester is not None and requester.fleet != device.fleet:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such device")
     if device_is_revoked(session, device):
         raise HTTPException(status.HTTP_410_GONE, "device is revoked")

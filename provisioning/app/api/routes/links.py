@@ -67,8 +67,14 @@ def get_rendezvous(channel: Channel, slot: Slot, session: SessionDep) -> Respons
 def get_identity(device_id: str, requester: RequesterAuth, session: SessionDep) -> DeviceIdentity:
     """A device's identity keys and newest certificate, for a primary checking a QR fingerprint
     (operators, and devices of the same fleet)."""
+    return identity(session=session, requester=requester.device, device_id=device_id)
+
+
+def identity(*, session: Session, requester: Device | None, device_id: str) -> DeviceIdentity:
+    """get_identity for `requester` (a device, or None for an operator): HTTP and the service
+    channel's bundle answer (api/channel.py) come through here. HTTPException 404 or 410."""
     device = session.scalar(select(Device).where(Device.device_id == device_id))
-    if device is None or (requester.device is not None and requester.device.fleet != device.fleet):
+    if device is None or (requester is not None and requester.fleet != device.fleet):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such device in this fleet")
     if device_is_revoked(session, device):
         raise HTTPException(status.HTTP_410_GONE, "device is revoked")

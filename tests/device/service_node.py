@@ -1,0 +1,136 @@
+# A board on its own in the field (docs/boards.md, "Zero-touch enrollment"; docs/provisioning.md,
+# "Service channel"): flashed with the SDK and a claim file only, it enrolls itself over MQTT at
+# first boot (e2ee.enroll), then runs as itself on the broker: its Link with the service channel
+# (e2ee.transport.service), sessions started from bundles the channel fetches (BundleStarter),
+# prekey upkeep (e2ee.upkeep), the revocation list and the service's time. Run in the board's
+# flash directory; one command per stdin line, answers on stdout:
+#   micropython service_node.py
+#   time                      the service's clock            -> time <status> <service ms> <board ms>
+#   crl                       the current revocation list     -> crl <status> <version> (verified, stored)
+#   bundle <peer>             a certified session from the channel's bundle -> started <peer> | refused <why>
+#   send <peer> <text>        encrypt, publish to the inbox   -> sent <bytes>
+#   poll <ms>                 run the link for that long      -> got <sender> <text> ... polled
+#   upkeep <ms>               prekey upkeep until settled     -> upkeep <published> <spk id>
+#   rotate <ms>               a new signed prekey, uploaded   -> rotated <spk id> <published>
+#   ask <method> <path> [<body>]  a signed request as given   -> answer <status> <detail or body keys>
+#   wire                      bytes the channel carried       -> wire <sent> <received>
+#   heap                      after a collection              -> heap <allocated> <free>
+import gc
+import json
+import sys
+import time
+from binascii import a2b_base64
+
+from e2ee import enroll
+from e2ee.transport.mqtt import MQTTClient
+
+if enroll.pending():
+    t0 = time.ticks_ms()
+    print("enrolled", enroll.by_claim(MQTTClient), time.ticks_diff(time.ticks_ms(), t0), enroll.wire[0],
+          enroll.wire[1])
+
+from e2ee.device import Device  # noqa: E402 (the session stack loads after enrollment freed its heap)
+from e2ee.transport.link import Link  # noqa: E402
+from e2ee.transport.service import BundleStarter, Service  # noqa: E402
+from e2ee.upkeep import Upkeep  # noqa: E402
+
+dev = Device.open()
+settings = dev.settings()
+mqtt = settings["mqtt"]
+svc = Service.for_device(settings["fleet"], dev.device_id, dev.sessions.keystore.sign)
+
+
+def on_message(sender, data):
+    print("got", sender, bytes(dev.decrypt(sender, data)).decode())
+
+
+def on_crl(data):
+    version = dev.update_revocation_list(data)
+    if version:
+        print("crl-topic", version)
+
+
+def log(text):
+    print("link:", text)
+
+
+link = Link(MQTTClient, mqtt["host"], mqtt["port"], settings["fleet"], dev.device_id, mqtt["password"],
+            on_message, on_crl, keepalive=30, log=log, service=svc)
+link.connect_with_backoff()
+starter = BundleStarter(svc, dev.start)
+upkeep = Upkeep(svc, dev.sessions, dev._config, on_event=lambda text: print("keys:", text))
+print("ready", dev.device_id)
+
+
+def run(ms, done=None, keep=False):
+    deadline = time.ticks_add(time.ticks_ms(), ms)
+    while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        link.step()
+        if keep:
+            upkeep.step()
+        if done is not None and done():
+            return True
+        time.sleep_ms(5)
+    return False
+
+
+def ask(call, *args):
+    got = []
+    call(*(args + (lambda status, doc: got.append((status, doc)),)))
+    run(20000, lambda: got)
+    return got[0] if got else (None, None)
+
+
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    cmd, _, rest = line.rstrip("\n").partition(" ")
+    if cmd == "time":
+        status, doc = ask(svc.sync_time)
+        print("time", status, doc["now_ms"] if status == 200 else doc, svc.now_ms())
+    elif cmd == "crl":
+        status, doc = ask(svc.revocation_list)
+        if status == 200:
+            dev.update_revocation_list(a2b_base64(doc["revocation_list"]))
+            print("crl", status, dev.sessions.trust.version)
+        else:
+            print("crl", status, doc)
+    elif cmd == "bundle":
+        peer = rest
+        try:
+            answered = svc.answered
+            starter(peer)  # asks; the answer starts the session
+            run(20000, lambda: svc.answered > answered)
+            if peer in starter._refused:
+                starter(peer)  # raises Undeliverable: the service or the certificate refused
+            print("started" if dev.sessions.has_session(peer) else "waiting", peer)
+        except Exception as e:
+            print("refused", type(e).__name__, e)
+    elif cmd == "send":
+        peer, text = rest.split(" ", 1)
+        wire = dev.encrypt(peer, text.encode())
+        link.send(peer, wire)
+        print("sent", len(wire))
+    elif cmd == "poll":
+        run(int(rest))
+        print("polled")
+    elif cmd == "upkeep":
+        upkeep.check_now()
+        run(int(rest), lambda: not upkeep.busy and upkeep.published is not None
+            and upkeep.published >= upkeep.target and upkeep._next > 0, keep=True)
+        print("upkeep", upkeep.published, dev.sessions.keystore.spk_id)
+    elif cmd == "rotate":
+        upkeep.rotate()
+        run(int(rest), lambda: not upkeep.busy)
+        print("rotated", dev.sessions.keystore.spk_id, upkeep.published)
+    elif cmd == "ask":
+        parts = rest.split(" ", 2)
+        status, doc = ask(lambda cb: svc.request(parts[0], parts[1], (parts[2] if len(parts) > 2 else "").encode(),
+                                                 on_answer=cb))
+        print("answer", status, json.dumps(sorted(doc) if isinstance(doc, dict) else doc))
+    elif cmd == "wire":
+        print("wire", svc.sent_bytes, svc.received_bytes)
+    elif cmd == "heap":
+        gc.collect()
+        print("heap", gc.mem_alloc(), gc.mem_free())
