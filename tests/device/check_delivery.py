@@ -78,6 +78,8 @@ def pump(drop=None, rounds=50):
             if drop is not None and drop(i, item):
                 continue
             to, sender, wire = item
+            if to not in NODES:  # nobody of that name
+                continue
             try:
                 NODES[to].d.handle(sender, wire, NODES[to].deliver)
             except (ValueError,) + tuple(delivery.MESSAGE_ERRORS):
@@ -291,6 +293,66 @@ def main():
     fay.d.handle("gus", request(), fay.deliver)
     assert fay.d.resets_taken == 2
     pump()
+
+    # A fleet member forges failures in alice's name (an unknown ratchet key, PN beyond MAX_SKIP:
+    # TooManySkipped before any X25519) after a real one: the request still names the real key
+    # (it names the last 4 distinct ones), and alice takes it.
+    clock.t += delivery.RESET_INTERVAL
+    for _ in range(40):
+        a.sessions.encrypt("bob", b"x")
+    a.d.send("bob", b"third gap")
+    a.d.flush(publish_from(a))
+    to, sender, wire = WIRE.pop()
+    expect(ratchet.TooManySkipped, b.d.handle, sender, wire, b.deliver)
+    for i in range(2):
+        forged = envelope.encode(envelope.RatchetMessage(a.sessions.sending_key("bob")[:31] + bytes((i,)), 40, 0,
+                                                         bytes(16)))
+        expect(ratchet.TooManySkipped, b.d.handle, "alice", forged, b.deliver)
+    b.d.flush(publish_from(b))
+    to, sender, reset = WIRE.pop()
+    assert len(envelope.decode(reset).payload) == 3 * 32 + 64
+    a.d.handle("bob", reset, a.deliver)
+    pump()
+    assert b.got[-1] == ("alice", b"third gap"), b.got[-1]
+
+    # A publish that fails (the link went down) spends no ratchet key: the next flush sends the
+    # same envelope.
+    a.d.send("bob", b"through an outage")
+    tries = []
+
+    def down(peer, wire):
+        tries.append(wire)
+        raise OSError(113)
+    for _ in range(3):
+        try:
+            a.d.flush(down)
+        except OSError:
+            pass
+    assert len(tries) == 3 and tries[0] == tries[1] == tries[2]
+    pump()
+    assert b.got[-1] == ("alice", b"through an outage") and b.d.resets_asked == 4
+
+    # A whole window lost while alice's link stays up (no reconnect, no later receipt): after
+    # PROBE_AFTER the oldest goes again; bob's receipt for it shows the rest lost; all arrive.
+    n = len(b.got)
+    for m in payloads(5, 300):
+        a.d.send("bob", m)
+    pump(drop=lambda i, item: item[0] == "bob")
+    assert a.d.pending("bob") == 5
+    clock.t += delivery.PROBE_AFTER
+    pump()
+    clock.t += delivery.RECEIPT_GRACE
+    pump()
+    assert sorted(p for _, p in b.got[n:]) == payloads(5, 300) and a.d.pending("bob") == 0, b.got[n:]
+
+    # Reset requests have a budget per interval across peers (sender ids are anyone's to invent).
+    clock.t += delivery.RESET_INTERVAL
+    junk = envelope.encode(envelope.RatchetMessage(bytes(31) + b"\x09", 0, 0, bytes(16)))
+    for i in range(delivery.MAX_RESETS + 3):
+        expect(NoSession, b.d.handle, "ghost-%d" % i, junk, b.deliver)
+    asked = b.d.resets_asked
+    b.d.flush(lambda peer, wire: None)
+    assert b.d.resets_asked - asked == delivery.MAX_RESETS
 
     # Bounds: a full outbox refuses; an oversize payload refuses; nothing stored either way.
     small = Node("dora", clock, max_outbox=3)

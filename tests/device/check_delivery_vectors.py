@@ -55,7 +55,7 @@ def reset(rec):
     control = envelope.decode(rec["wire"])
     assert control.kind == envelope.SESSION_RESET, "kind"
     expect(control.payload, rec["payload"], "decoded payload")
-    crypto.ed25519_verify(rec["signing_pub"], message, control.payload[32:])
+    crypto.ed25519_verify(rec["signing_pub"], message, control.payload[len(rec["dh"]):])
 
 
 # A target's signature check as Delivery makes it: the reset message rebuilt from the frame's
@@ -63,10 +63,11 @@ def reset(rec):
 def refused_signature(rec):
     control = envelope.decode(rec["wire"])
     payload = bytes(control.payload)
-    assert len(payload) == 96, "a request of the right size"
-    message = delivery.reset_message(rec["requester"].decode(), rec["target"].decode(), payload[:32])
+    k = len(payload) // 32 - 2
+    assert 0 < k <= 4 and len(payload) == 32 * k + 64, "a request of the right size"
+    message = delivery.reset_message(rec["requester"].decode(), rec["target"].decode(), payload[:32 * k])
     try:
-        crypto.ed25519_verify(rec["signing_pub"], message, payload[32:])
+        crypto.ed25519_verify(rec["signing_pub"], message, payload[32 * k:])
     except crypto.InvalidSignature:
         return
     raise AssertionError("%s verified" % rec["id"])

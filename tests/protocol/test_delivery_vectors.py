@@ -37,7 +37,7 @@ from e2ee_host.proto.e2ee.v1 import envelope_pb2 as pb  # noqa: E402
 DATA, RECEIPT = 1, 2
 BITS = 30
 RESET_CONTEXT = b"e2ee-iot session reset v1"
-RESET_SIZE = 96
+RESET_KEYS, SIGNATURE = 4, 64  # a request names 1..4 ratchet keys, then its signature
 WINDOW, RESET_INTERVAL, TTL, RECEIPT_GRACE, MAX_PAYLOAD = 16, 60, 604800, 30, 4083
 
 HEADER = """Delivery known answers (docs/protocol.md §8), e2ee-iot protocol version 1.
@@ -49,12 +49,13 @@ receipt: stream, low (be32), bits (be32) -> record = 02 || stream || low || bits
 from max(1, low - 1) to low + 31 the receipt names (seq <= low, or bit seq - low - 1 set), be32 each.
 Malformed/record-<what>: decoding the session plaintext `record` raises Malformed.
 reset: requester and target ids (ASCII), the requester's identity signing key (signing_seed,
-signing_pub), dh (the ratchet key the request names) -> message (the signed reset message),
-signature (Ed25519), payload = dh || signature, wire (the Control envelope, kind SESSION_RESET).
+signing_pub), dh (the 1 to 4 ratchet keys the request names, 32 bytes each, newest first) ->
+message (the signed reset message), signature (Ed25519), payload = dh || signature, wire (the
+Control envelope, kind SESSION_RESET).
 ResetRefused/reset-<what>: target `target`, holding signing_pub as `requester`'s identity, gets
 `wire` from `requester`: the signature over the reset message it rebuilds does not verify.
 ResetRefused/reset-no-session: a target without a session with `requester` refuses `wire`.
-Malformed/reset-<what>: a Control SESSION_RESET whose payload is not 96 bytes is refused.
+Malformed/reset-<what>: a Control SESSION_RESET whose payload is not 32k + 64 bytes, k = 1..4, is refused.
 window-X: the receiver's window of one inbound stream, processed in file order from low = 0,
 bits = 0: taking seq gives new (01 delivered, 00 a duplicate), then low and bits, and the
 receipt it sends for the stream of the first record of window-X."""
@@ -118,9 +119,9 @@ def take(low: int, bits: int, seq: int) -> tuple[bool, int, int]:
     return True, low, sum(1 << (s - low - 1) for s in delivered)
 
 
-def reset_message(requester: str, target: str, dh: bytes) -> bytes:
+def reset_message(requester: str, target: str, keys: bytes) -> bytes:
     r, t = requester.encode(), target.encode()
-    return RESET_CONTEXT + bytes((len(r),)) + r + bytes((len(t),)) + t + dh
+    return RESET_CONTEXT + bytes((len(r),)) + r + bytes((len(t),)) + t + keys
 
 
 def control_wire(payload: bytes) -> bytes:
@@ -129,18 +130,19 @@ def control_wire(payload: bytes) -> bytes:
 
 
 def verify_reset(requester: str, target: str, signing_pub: bytes, wire: bytes) -> bytes:
-    """What a target checks of a request's bytes (§8, the size and signature): returns dh."""
+    """What a target checks of a request's bytes (§8, the size and signature): returns the keys."""
     env = pb.Envelope.FromString(wire)
     control = pb.Control.FromString(env.body)
     assert env.type == pb.CONTROL and control.kind == pb.Control.SESSION_RESET
-    if len(control.payload) != RESET_SIZE:
+    k = (len(control.payload) - SIGNATURE) // 32
+    if not 0 < k <= RESET_KEYS or len(control.payload) != 32 * k + SIGNATURE:
         raise Refused("Malformed")
-    dh, sig = control.payload[:32], control.payload[32:]
+    keys, sig = control.payload[:32 * k], control.payload[32 * k:]
     try:
-        Ed25519PublicKey.from_public_bytes(signing_pub).verify(sig, reset_message(requester, target, dh))
+        Ed25519PublicKey.from_public_bytes(signing_pub).verify(sig, reset_message(requester, target, keys))
     except InvalidSignature:
         raise Refused("ResetRefused") from None
-    return dh
+    return keys
 
 
 def signing_pub(seed: bytes) -> bytes:
@@ -182,11 +184,14 @@ def reference_records() -> list[dict]:
             decode(record)
         recs.append({"id": "Malformed/record-" + what, "result": "invalid", "record": record})
 
-    # Session-reset requests for fixed identity keys; dh: a real X25519 ratchet key.
+    # Session-reset requests for fixed identity keys; dh: real X25519 ratchet keys.
     sent = []
-    for requester, target, label in (("bob", "alice", "bob"), ("valve-7", "Gateway.North-1", "valve-7")):
+    # dh: the keys a request names (the newest first), one or several (a forged failure's among them)
+    for requester, target, label, n in (("bob", "alice", "bob", 1), ("valve-7", "Gateway.North-1", "valve-7", 1),
+                                        ("bob", "alice", "bob", 4)):
         seed = h("identity signing " + label)
-        dh = ratchet_pub("ratchet " + target)
+        dh = b"".join(ratchet_pub("ratchet %s %d" % (target, i)) if i else ratchet_pub("ratchet " + target)
+                      for i in range(n))
         message = reset_message(requester, target, dh)
         signature = Ed25519PrivateKey.from_private_bytes(seed).sign(message)
         payload = dh + signature
@@ -225,7 +230,8 @@ def reference_records() -> list[dict]:
     recs.append({"id": "ResetRefused/reset-no-session", "result": "invalid", "requester": requester.encode(),
                  "target": target.encode(), "wire": wire})
     for what, payload in (("empty", b""), ("dh-only", dh), ("95", (dh + signature)[:95]),
-                          ("97", dh + signature + b"\x00")):
+                          ("97", dh + signature + b"\x00"), ("5-keys", dh * 5 + signature),
+                          ("signature-only", signature)):
         with pytest.raises(Refused, match="Malformed"):
             verify_reset(requester, target, pub, control_wire(payload))
         recs.append({"id": "Malformed/reset-" + what, "result": "invalid", "requester": requester.encode(),
@@ -321,8 +327,9 @@ def test_limits_pinned() -> None:
     assert (delivery.DATA, delivery.RECEIPT, delivery.BITS) == (DATA, RECEIPT, BITS)
     assert (delivery.WINDOW, delivery.RESET_INTERVAL, delivery.TTL, delivery.RECEIPT_GRACE,
             delivery.MAX_PAYLOAD) == (WINDOW, RESET_INTERVAL, TTL, RECEIPT_GRACE, MAX_PAYLOAD)
-    assert (delivery._RESET_CONTEXT, delivery._RESET_SIZE, delivery._FAILURES, delivery._RESEND_MAX,
-            delivery._INBOUND) == (RESET_CONTEXT, RESET_SIZE, 3, 3600, 2)
+    assert (delivery._RESET_CONTEXT, delivery._RESET_KEYS, delivery._SIGNATURE, delivery._FAILURES,
+            delivery._RESEND_MAX, delivery._INBOUND, delivery.MAX_RESETS, delivery.PROBE_AFTER) == (
+        RESET_CONTEXT, RESET_KEYS, SIGNATURE, 3, 3600, 2, 8, 60)
     # the window fits the receiver's bitmap and stays below the ratchet's skip limit
     assert WINDOW <= BITS and WINDOW < ratchet.MAX_SKIP
     # a data record of MAX_PAYLOAD is the largest session plaintext (envelope ciphertext - tag)

@@ -46,16 +46,24 @@ RESET_INTERVAL = const(60)
 TTL = const(604800)  # seconds an unacknowledged message is kept: the 7-day offline promise
 _FAILURES = const(3)  # DecryptionFailed in a row from one peer before a reset is asked
 _SIGNATURE = const(64)
-_RESET_SIZE = const(96)  # dh (32) || Ed25519 signature (64)
+# A reset request's payload: k ratchet keys (32 each, k = 1.._RESET_KEYS) || Ed25519 signature (64).
+_RESET_KEYS = const(4)
+# Reset requests one device sends in a reset_interval, to all peers together (each costs a
+# signature; sender ids in frames are anyone's to invent).
+MAX_RESETS = const(8)
 _RESET_CONTEXT = b"e2ee-iot session reset v1"
 _STATE_FORMAT = const(0x61)
 _INBOUND = const(2)  # inbound streams remembered per peer: the current one and the one before
 # Seconds after which a message on the way that a receipt from its peer does not name counts as
 # lost (the peer is up, and receipts what it gets within a flush).
 RECEIPT_GRACE = const(30)
+# Seconds before the oldest message on the way goes again unasked (a probe: a peer that is up
+# answers with a receipt that names everything it holds; doubling per sending up to _RESEND_MAX).
+# Covers a whole window the broker lost while this side's link stayed up, and a lost receipt.
+PROBE_AFTER = const(60)
 _RESEND_MAX = const(3600)  # seconds: the longest wait before a reconnect resends a message again
 # Messages the receiver cannot read because its session is gone or out of step: a reset helps.
-_RESET_ERRORS = (NoSession, BadRecord, ratchet.TooManySkipped, ratchet.StateDecodeError, UnknownPrekey)
+_RESET_ERRORS = (NoSession, BadRecord, ratchet.TooManySkipped, UnknownPrekey)
 
 # on_status(peer, seq, status, reason) statuses
 SENT = "sent"  # published to the broker (PUBACK); reason "resent" when sent again
@@ -89,9 +97,11 @@ class Undeliverable(DeliveryError):
     pass
 
 
-def reset_message(requester, target, dh):
+# The signed bytes of a reset request: context || u8 len || requester || u8 len || target || keys,
+# keys = the k ratchet keys it names (32 bytes each).
+def reset_message(requester, target, keys):
     r, t = requester.encode(), target.encode()
-    return _RESET_CONTEXT + bytes((len(r),)) + r + bytes((len(t),)) + t + bytes(dh)
+    return _RESET_CONTEXT + bytes((len(r),)) + r + bytes((len(t),)) + t + bytes(keys)
 
 
 def encode_data(stream, seq, payload):
@@ -157,8 +167,10 @@ class _Peer:
         self.tx = {}  # seq -> [transmission number, when, count]: on the way since then
         self.sends = {}  # seq -> times sent, for a message due again (its resend backoff)
         self.txn = 0
-        self.receipt = False  # a receipt is due
-        self.reset_dh = None  # a reset request to send, naming this key
+        self.receipt = []  # streams of the peer a receipt is due for
+        self.receipt_wire = None  # (record, envelope) of a receipt whose publish failed: sent as is
+        self.wire = None  # (seq, envelope) of data whose publish failed: sent as is, no new key
+        self.reset_dh = None  # ratchet keys a reset request is due to name, newest first
         self.reset_sent = None
         self.reset_taken = None
         self.restart = False  # a new session is needed before sending (reset accepted)
@@ -168,7 +180,7 @@ class _Peer:
     # Nothing to keep in RAM: no messages, nothing due, and no reset taken within interval (the
     # rate limit would be forgotten with the entry).
     def idle(self, now, interval):
-        return (not self.seqs and not self.receipt and self.reset_dh is None and not self.restart
+        return (not self.seqs and not self.receipt and not self.reset_dh and not self.restart
                 and (self.reset_taken is None or now - self.reset_taken >= interval))
 
 
@@ -192,6 +204,7 @@ class Delivery:
         self.max_peers = max_peers
         self.resets_asked = 0
         self.resets_taken = 0
+        self._resets = []  # when the reset requests of the last interval went
         self._starter = starter
         self._on_status = on_status
         self._clock = clock or time.time
@@ -332,26 +345,19 @@ class Delivery:
 
     def _flush(self, p, publish, now):
         count = 0
-        if p.reset_dh is not None and (p.reset_sent is None or now - p.reset_sent >= self.reset_interval):
-            dh = p.reset_dh
-            sig = self.sessions.keystore.sign(reset_message(self.device_id, p.peer, dh))
-            publish(p.peer, envelope.encode(envelope.Control(envelope.SESSION_RESET, dh + sig)))
+        if (p.reset_dh and (p.reset_sent is None or now - p.reset_sent >= self.reset_interval)
+                and self._reset_budget(now)):
+            keys = b"".join(p.reset_dh)
+            sig = self.sessions.keystore.sign(reset_message(self.device_id, p.peer, keys))
+            publish(p.peer, envelope.encode(envelope.Control(envelope.SESSION_RESET, keys + sig)))
             p.reset_dh, p.reset_sent = None, now
+            self._resets.append(now)
             self.resets_asked += 1
             count += 1
-        if p.receipt:
-            p.receipt = False
-            for stream, low, bits in p.inbound[:1]:
-                try:
-                    wire = self.sessions.encrypt(p.peer, encode_receipt(stream, low, bits))
-                except MESSAGE_ERRORS:
-                    break  # no session to carry it: the sender sends again, then it is receipted
-                publish(p.peer, wire)
-                count += 1
-        if p.seqs is None:
-            return count
-        self._expire(p, now)
+        if p.seqs is not None:
+            self._expire(p, now)
         if p.restart or (p.seqs and not self.sessions.has_session(p.peer)):
+            # before receipts: a reset taken means the old session cannot carry them
             if self._starter is None or now < p.retry_at:
                 return count
             try:
@@ -363,9 +369,35 @@ class Delivery:
                 p.retry_at = now + 10
                 return count
             p.restart = False
+            p.wire = p.receipt_wire = None
             _resend_all(p)
+        while p.receipt:
+            stream = p.receipt[0]
+            entry = _entry(p, stream)
+            if entry is None:
+                p.receipt.pop(0)
+                continue
+            record = encode_receipt(stream, entry[1], entry[2])
+            if p.receipt_wire is not None and p.receipt_wire[0] == record:
+                wire = p.receipt_wire[1]  # a publish that failed: the same bytes, no key spent
+            else:
+                try:
+                    wire = self.sessions.encrypt(p.peer, record)
+                except MESSAGE_ERRORS:
+                    p.receipt.pop(0)  # no session to carry it: the sender sends again, then it is receipted
+                    continue
+            p.receipt_wire = (record, wire)
+            publish(p.peer, wire)
+            p.receipt_wire = None
+            if p.receipt and p.receipt[0] == stream:
+                p.receipt.pop(0)
+            count += 1
         if not p.seqs:
             return count
+        if p.stream is None:  # the delivery record was lost beside its outbox: a new stream
+            p.stream, p.next = crypto.random_bytes(_STREAM), max(p.seqs) + 1
+            self._save(p)
+        self._probe(p, now)
         seqs = sorted(p.seqs)
         limit = seqs[0] + self.window
         sent = False
@@ -374,13 +406,18 @@ class Delivery:
                 break
             if seq in p.tx or seq not in p.seqs:  # receipted while an earlier one was published
                 continue
-            try:
-                wire = self.sessions.encrypt(p.peer, p.box.get_with(
-                    "%08x-%08x" % (seq, p.seqs[seq] & 0xFFFFFFFF), _data_writer(p.stream, seq)))
-            except PeerRefused as e:  # revoked, expired: what is queued never goes
-                self._fail_all(p, "%s: %s" % (type(e).__name__, e))
-                return count
+            if p.wire is not None and p.wire[0] == seq:
+                wire = p.wire[1]  # its publish failed: the same envelope again, no key spent
+            else:
+                try:
+                    wire = self.sessions.encrypt(p.peer, p.box.get_with(
+                        "%08x-%08x" % (seq, p.seqs[seq] & 0xFFFFFFFF), _data_writer(p.stream, seq)))
+                except PeerRefused as e:  # revoked, expired: what is queued never goes
+                    self._fail_all(p, "%s: %s" % (type(e).__name__, e))
+                    return count
+                p.wire = (seq, wire)
             publish(p.peer, wire)
+            p.wire = None
             count += 1
             if seq not in p.seqs:  # its receipt came while publish() waited for the broker
                 continue
@@ -391,6 +428,22 @@ class Delivery:
         if sent:
             self._save(p)  # when each was sent: a restart resends only after its wait
         return count
+
+    # The oldest message on the way, unanswered for PROBE_AFTER (doubling per sending), is due
+    # again: a peer that is up receipts it and, with it, everything it holds.
+    def _probe(self, p, now):
+        if not p.tx:
+            return
+        seq = min(p.tx)
+        txn, when, count = p.tx[seq]
+        if now - when >= min(PROBE_AFTER << min(count - 1, 6), _RESEND_MAX):
+            del p.tx[seq]
+            p.sends[seq] = count
+
+    # At most MAX_RESETS reset requests per reset_interval, to all peers together.
+    def _reset_budget(self, now):
+        self._resets = [t for t in self._resets if now - t < self.reset_interval]
+        return len(self._resets) < MAX_RESETS
 
     def _expire(self, p, now):
         for seq in sorted(p.seqs):
@@ -436,20 +489,20 @@ class Delivery:
         if kind == RECEIPT:
             self._on_receipt(p, stream, a, b)
             return None
-        entry = None
-        for e in p.inbound:
-            if e[0] == stream:
-                entry = e
-        p.receipt = True
+        entry = _entry(p, stream)
         if entry is not None and _seen(entry, a):
+            _due(p, stream)
             return None  # delivered before (a resend): receipted again
         deliver(sender, b)
         if entry is None:  # a new stream of the peer (its outbox state was new)
             entry = [stream, 0, 0]
-            p.inbound.insert(0, entry)
-            del p.inbound[_INBOUND:]
+        elif entry in p.inbound:
+            p.inbound.remove(entry)
+        p.inbound.insert(0, entry)  # the stream used last first: an old one leaves first
+        del p.inbound[_INBOUND:]
         _mark(entry, a)
         self._save(p)
+        _due(p, stream)
         return a
 
     def _on_receipt(self, p, stream, low, bits):
@@ -475,8 +528,9 @@ class Delivery:
 
     # A message the session could not read: when the session is gone or out of step (or
     # DecryptionFailed _FAILURES times in a row), a reset request naming the ratchet key the
-    # message came with falls due; flush() sends it, at most once per reset_interval (the newest
-    # key named wins while it waits).
+    # message came with falls due; flush() sends it, at most once per reset_interval. While it
+    # waits it gathers the last _RESET_KEYS distinct keys of such messages (newest first), so a
+    # fleet member forging failures in the peer's name does not replace the real key by one.
     def _failed(self, sender, message, e):
         if isinstance(e, ratchet.DecryptionFailed):
             p = self._peer(sender)
@@ -487,23 +541,27 @@ class Delivery:
             return
         p = self._peer(sender)
         inner = message.message if isinstance(message, envelope.PreKeyMessage) else message
-        p.reset_dh = bytes(inner.dh)
+        dh = bytes(inner.dh)
+        keys = [k for k in (p.reset_dh or []) if k != dh]
+        p.reset_dh = [dh] + keys[:_RESET_KEYS - 1]  # several: a forged failure cannot push the real key out alone
         p.failures = 0
 
     def _on_reset(self, sender, control):
         payload = control.payload
-        if control.kind != envelope.SESSION_RESET or len(payload) != _RESET_SIZE:
+        k = (len(payload) - _SIGNATURE) // 32
+        if control.kind != envelope.SESSION_RESET or not 0 < k <= _RESET_KEYS or len(payload) != 32 * k + _SIGNATURE:
             raise Malformed("session reset request of %d bytes" % len(payload))
         if not self.sessions.has_session(sender):
             raise ResetRefused("no session with %s to reset" % sender)
-        dh = bytes(payload[:32])
+        keys = bytes(payload[:32 * k])
         try:
             crypto.ed25519_verify(self.sessions.peer_identity(sender)[1],
-                                  reset_message(sender, self.device_id, dh), payload[32:])
+                                  reset_message(sender, self.device_id, keys), payload[32 * k:])
         except crypto.InvalidSignature:
             raise ResetRefused("reset request not signed by %s's identity" % sender)
-        if self.sessions.sending_key(sender) != dh:
-            raise ResetRefused("reset request names a ratchet key this side does not send with")
+        own = self.sessions.sending_key(sender)
+        if not [i for i in range(k) if keys[32 * i:32 * i + 32] == own]:
+            raise ResetRefused("reset request names no ratchet key this side sends with")
         p = self._peer(sender)
         now = self._clock()
         if p.reset_taken is not None and now - p.reset_taken < self.reset_interval:
@@ -523,6 +581,18 @@ def _resend_all(p):
     for seq in p.tx:
         p.sends[seq] = p.tx[seq][2]
     p.tx = {}
+
+
+def _entry(p, stream):
+    for e in p.inbound:
+        if e[0] == stream:
+            return e
+    return None
+
+
+def _due(p, stream):
+    if stream not in p.receipt:
+        p.receipt.append(stream)
 
 
 def _data_writer(stream, seq):
