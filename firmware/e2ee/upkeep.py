@@ -110,11 +110,15 @@ class Upkeep:
 
     def _inventory(self, status, doc):
         self.busy = False
+        try:
+            published, spk_id = int(doc["one_time_prekeys"]), doc["signed_prekey_id"]
+        except (KeyError, TypeError, ValueError):
+            status = 0  # an answer without an inventory
         if status != 200:
             self._later(_RETRY)
             return
-        self.published = doc["one_time_prekeys"]
-        if doc["signed_prekey_id"] != self.sessions.keystore.spk_id:
+        self.published = published
+        if spk_id != self.sessions.keystore.spk_id:
             self._upload(True)  # a rotation whose upload was lost
         elif self.published < self.target:
             self._upload(False)
@@ -151,9 +155,8 @@ class Upkeep:
             if last > self._get(_UPLOADED, 0):
                 self.config.put(_UPLOADED, b"%d" % last)
             if status == 200:
-                self.published = doc["one_time_prekeys"]
-                self._event("uploaded prekeys: %d one-time prekeys at the service%s" % (
-                    self.published, ", signed prekey %d" % doc["signed_prekey_id"] if spk else ""))
+                self._event("uploaded prekeys%s" % (", signed prekey %d" % self.sessions.keystore.spk_id
+                                                     if spk else ""))
             self._next = 0  # check again: more may be needed
         else:
             self._event("prekey upload refused: %d %s" % (status, doc))

@@ -28,6 +28,7 @@ from e2ee.protocol.sender_key import SenderChain, SenderKeyError
 from e2ee.protocol.session import SessionManager
 from e2ee.protocol.trust import TrustStore
 from e2ee.transport import mqtt, topics
+from e2ee.transport.service import BundleStarter, Service
 
 KEY = bytes(range(32))
 NOW = 1800000000
@@ -132,6 +133,8 @@ class Targets:
         self.ca_keys = [raw[i:i + 32] for i in range(0, len(raw), 32)]
         self.trust = TrustStore(cases + "/trust", KEY)
         self.groups = GroupSessions(cases + "/group", KEY, "pump-1")
+        self.svc = Service.for_device("plant-north", "pump-7", None)
+        self.starter = BundleStarter(self.svc, lambda peer, bundle, cert: PrekeyBundle.from_bytes(bundle))
 
     # Each target returns True when the input was accepted, False when it was refused.
     def envelope(self, data):
@@ -216,6 +219,15 @@ class Targets:
             if e.args[0] != -1:
                 raise
         return True
+
+    # An answer of the service channel (e2ee.transport.service) to a bundle request in flight,
+    # through the BundleStarter a board's delivery uses: the callback runs (a start or a refusal
+    # recorded), nothing raises. Accepted: the answer matched the request and started a session.
+    def service(self, data):
+        self.starter._refused.clear()
+        self.svc._pending["000000000000"] = (lambda status, doc: self.starter._answer("gw-1", status, doc), 0)
+        self.svc.handle(self.svc.topic, data)
+        return "000000000000" not in self.svc._pending and not self.starter._refused
 
     # A session manager per round, as a board that reboots between messages (the heap keeps
     # one manager at a time).

@@ -1,6 +1,7 @@
 """Fuzz target on the boards' runtime: tests/device/fuzz_decoders.py runs every device-side
 network decoder (envelope, certificates, revocation lists into a trust store, prekey bundles,
-sender key distributions and group messages, link payloads, inbox frames, MQTT packets, and
+sender key distributions and group messages, link payloads, inbox frames, MQTT packets, service
+channel answers, and
 PreKey/Ratchet messages through certified sessions in three states) under the MicroPython unix
 port with a 256 KB heap, fed seeded mutations of the valid inputs written here. Rounds:
 E2EE_FUZZ_DEVICE_ROUNDS (default 3 x E2EE_FUZZ_EXAMPLES); seed: E2EE_FUZZ_SEED (default random,
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_fuzz_channel
 import test_fuzz_envelope
 import test_fuzz_linking
 import test_fuzz_transport
@@ -56,6 +58,8 @@ def build_cases(root: Path) -> Path:
         "group": group.messages[2:],
         "link": test_fuzz_linking.RAW,
         "frame": test_fuzz_transport.FRAMES,
+        "service": test_fuzz_channel.answers(peer.bundle(peer.one_time_prekey_ids()[0]).to_bytes(),
+                                             fleet.certificates()[0]),
         "mqtt": test_fuzz_transport.STREAMS,
         "prekey": pair.prekeys,
         "answer": pair.answers,

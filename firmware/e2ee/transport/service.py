@@ -161,11 +161,13 @@ class Service:
         try:
             doc = json.loads(payload)
             entry = self._pending.pop(doc["id"], None)
-            code = doc["status"]
         except (ValueError, KeyError, TypeError):
             return True  # not an answer: dropped
         if entry is not None:
             self.answered += 1
+            code = doc.get("status")
+            if type(code) is not int:  # an answer that says nothing: as good as none
+                code, doc = _NO_ANSWER, {"detail": "malformed answer"}
             if entry[0] is not None:
                 entry[0](code, doc.get("body") if code == 200 else doc.get("detail"))
         return True
