@@ -92,10 +92,12 @@ def _call(client, svc, path, body=b""):
 
 
 # Enrolls the board with the claim in CLAIM_FILE over client_class (umqtt.simple's MQTTClient or
-# e2ee.transport.mqtt.MQTTClient); returns the device id. timeout_ms: per answer. Raises
+# e2ee.transport.mqtt.MQTTClient); returns the device id. timeout_ms: per answer; client_kw go to
+# client_class (a TLS listener: ssl=<an ssl.SSLContext trusting the broker's CA>,
+# ssl_params={"server_hostname": <the name on its certificate>}). Raises
 # EnrollError (the service refused: its status and reason; 0: no answer), OSError (the network),
 # or the client's error (a refused CONNACK: a spent or revoked claim).
-def by_claim(client_class, timeout_ms=30000, connect_timeout=30):
+def by_claim(client_class, timeout_ms=30000, connect_timeout=30, **client_kw):
     from e2ee import provision
     from e2ee.transport import topics
     from e2ee.transport.service import Service
@@ -110,7 +112,7 @@ def by_claim(client_class, timeout_ms=30000, connect_timeout=30):
     state = None
     fleet, claim_id = claim["fleet"], claim["claim"]
     client = client_class("claim-%s-%s" % (claim_id, binascii.hexlify(os.urandom(4)).decode()), claim["host"],
-                          claim["port"], topics.claim_user(claim_id), claim["token"], 60)
+                          claim["port"], topics.claim_user(claim_id), claim["token"], 60, **client_kw)
     svc = Service.for_claim(fleet, claim_id, timeout_ms=timeout_ms)
     svc.publish = lambda topic, payload: client.publish(topic, payload, qos=1)
     client.set_callback(svc.handle)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from support import DEVICE_TESTS
 
 from e2ee.protocol import enrollment
@@ -23,7 +25,7 @@ from e2ee.protocol.keys import KeyStore
 from e2ee.transport import mqtt, topics
 from e2ee.transport.service import Service
 from e2ee_host import cli
-from e2ee_host.broker import MosquittoProcess
+from e2ee_host.broker import MosquittoProcess, dev_tls
 from e2ee_host.client import DeviceClient, OperatorClient
 from e2ee_host.install import HostInstall
 from e2ee_host.service import ServiceProcess
@@ -50,7 +52,7 @@ class System:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory) -> Iterator[System]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("service-channel")
-    with MosquittoProcess(tmp / "broker") as broker:
+    with MosquittoProcess(tmp / "broker", tls=True) as broker:
         with ServiceProcess(tmp / "service.log", data_dir=tmp / "service", operator_api_key=OPERATOR_KEY,
                             broker_admin_host=broker.host, broker_admin_port=broker.port,
                             broker_admin_user=broker.admin_user, broker_admin_password=broker.admin_password,
@@ -116,10 +118,10 @@ def _signed(keystore: KeyStore, device_id: str, method: str, path: str, body: by
 class Board:
     """tests/device/service_node.py in a flash directory holding only a claim file."""
 
-    def __init__(self, micropython, flash: Path, claim: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, micropython, flash: Path, claim: dict[str, Any], *args: str) -> None:  # type: ignore[no-untyped-def]
         (flash / "e2ee_data").mkdir(parents=True)
         (flash / "e2ee_data" / "claim.json").write_text(json.dumps(claim))
-        self.proc = subprocess.Popen([micropython.binary, "-X", "heapsize=" + HEAP, str(NODE)],
+        self.proc = subprocess.Popen([micropython.binary, "-X", "heapsize=" + HEAP, str(NODE), *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, cwd=flash, env=micropython.env())
         self.lines: list[str] = []
@@ -142,9 +144,15 @@ class Board:
                 pytest.fail("board said no %r within %.0f s: %s" % (prefix, timeout, "\n".join(self.lines[-20:])),
                             pytrace=False)
             if not line or "Traceback" in line:
+                rest = []
+                while line:
+                    try:
+                        line = self._out.get(timeout=5)  # the traceback, until the board exits
+                    except queue.Empty:
+                        break
+                    rest.append(line)
                 self.proc.kill()
-                rest = "".join(iter(lambda: self._out.get(timeout=5), ""))
-                pytest.fail("board failed: %s%s" % (line, rest), pytrace=False)
+                pytest.fail("board failed: %s" % "".join(rest), pytrace=False)
             self.lines.append(line.rstrip("\n"))
             if line.startswith(prefix):
                 return line.split()
@@ -417,3 +425,40 @@ def test_a_revoked_claims_credential_is_cut_off(system) -> None:  # type: ignore
                             token).connect(timeout=10)
     finally:
         ch.close()
+
+
+def test_a_board_enrolls_by_claim_over_the_tls_listener(system, micropython, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The claim's connection over the broker's TLS listener (the production broker has no
+    other), the broker's certificate checked against its CA and the name on it (a board trusting
+    another CA refuses it and spends nothing); then the board runs as itself and its signed
+    requests are served.
+    Packets: TLS handshake, CONNECT as claim:<id>, the two enrollment requests and answers;
+    CONNECT as the device; GET /time and its own inventory on the service channel."""
+    fleet = _fleet()
+    claim_id, token = system.claim(fleet)
+    ca_keys = [base64.b64encode(k).decode() for k in system.operator.ca_keys()]
+    claim = {"fleet": fleet, "host": system.broker.host, "port": system.broker.tls_port, "claim": claim_id,
+             "token": token, "ca_keys": ca_keys, "device_id": "meter-tls"}
+    # MicroPython's mbedTLS reads a CA in DER (PEM only NUL-terminated), as a board stores it
+    pem = system.broker.tls_files["ca"].read_bytes()  # type: ignore[index]
+    der = tmp_path / "broker-ca.der"
+    der.write_bytes(x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER))
+    # a board that trusts another CA refuses the broker's certificate: nothing is sent, the claim stays
+    other = dev_tls(tmp_path / "other-ca")["ca"]
+    other_der = tmp_path / "other-ca.der"
+    other_der.write_bytes(x509.load_pem_x509_certificate(other.read_bytes()).public_bytes(serialization.Encoding.DER))
+    (tmp_path / "wrong" / "e2ee_data").mkdir(parents=True)
+    (tmp_path / "wrong" / "e2ee_data" / "claim.json").write_text(json.dumps(dict(claim, device_id="meter-wrong")))
+    refused = subprocess.run([micropython.binary, "-X", "heapsize=" + HEAP, str(NODE), str(other_der)],
+                             capture_output=True, text=True, cwd=tmp_path / "wrong", env=micropython.env(), timeout=60)
+    assert refused.returncode != 0 and "not correctly signed by the trusted CA" in refused.stdout + refused.stderr
+    assert [c for c in system.operator.list_claims(fleet) if c["id"] == claim_id][0]["used"] == 0
+    board = Board(micropython, tmp_path / "meter-tls", claim, str(der))
+    try:
+        assert board.expect("enrolled")[1] == "meter-tls"
+        assert board.expect("ready")[1] == "meter-tls"
+        assert board.ask("time", "time")[1] == "200"
+        assert board.ask("ask GET /keys/meter-tls/inventory", "answer")[1] == "200"
+        assert system.operator.device("meter-tls")["fleet"] == fleet
+    finally:
+        board.stop()

@@ -4,7 +4,8 @@
 # (e2ee.transport.service), sessions started from bundles the channel fetches (BundleStarter),
 # prekey upkeep (e2ee.upkeep), the revocation list and the service's time. Run in the board's
 # flash directory; one command per stdin line, answers on stdout:
-#   micropython service_node.py
+#   micropython service_node.py [<broker CA file>]   (with a CA: the claim's broker is a TLS listener
+#                                                      whose certificate names localhost)
 #   time                      the service's clock            -> time <status> <service ms> <board ms>
 #   crl                       the current revocation list     -> crl <status> <version> (verified, stored)
 #   bundle <peer>             a certified session from the channel's bundle -> started <peer> | refused <why>
@@ -25,8 +26,15 @@ from e2ee import enroll
 from e2ee.transport.mqtt import MQTTClient
 
 if enroll.pending():
+    tls = {}
+    if len(sys.argv) > 1:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.verify_mode = ssl.CERT_REQUIRED  # MicroPython's default checks nothing (CERT_NONE)
+        context.load_verify_locations(cafile=sys.argv[1])
+        tls = {"ssl": context, "ssl_params": {"server_hostname": "localhost"}}
     t0 = time.ticks_ms()
-    print("enrolled", enroll.by_claim(MQTTClient), time.ticks_diff(time.ticks_ms(), t0), enroll.wire[0],
+    print("enrolled", enroll.by_claim(MQTTClient, **tls), time.ticks_diff(time.ticks_ms(), t0), enroll.wire[0],
           enroll.wire[1])
 
 from e2ee.device import Device  # noqa: E402 (the session stack loads after enrollment freed its heap)
