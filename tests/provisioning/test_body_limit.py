@@ -30,7 +30,7 @@ CHUNK = 16 * 1024
 # (client send buffer pinned small below, server receive buffer autotuned up to a few MiB).
 SLACK = 8 * 1024 * 1024
 PATH_VALUES = {"device_id": "nobody-1", "channel": "0" * 32, "slot": "offer", "serial": "00" * 16,
-               "fleet": "plant-north", "group": "g1", "owner": "o1"}
+               "fleet": "plant-north", "group": "g1", "owner": "o1", "claim_id": "1"}
 FAST = backup.KdfParams(8 * 1024, 1, 1)  # tests only
 
 

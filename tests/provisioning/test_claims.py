@@ -96,7 +96,8 @@ def test_revoked_claim_is_listed_and_never_spent_again(client) -> None:  # type:
 
 
 @pytest.mark.parametrize("path,code", [("/claims/999/revoke", 404), ("/claims/0/revoke", 422),
-                                       ("/claims/%d/revoke" % 2**63, 422), ("/claims/x/revoke", 422)])
+                                       ("/claims/%d/revoke" % 2**31, 422),
+                                       ("/claims/%d/revoke" % (2**31 - 1), 404), ("/claims/x/revoke", 422)])
 def test_revoking_an_unknown_claim_changes_nothing(client, path, code) -> None:  # type: ignore[no-untyped-def]
     create_claim(client)
     before = dump_tables(client.app.state.engine)

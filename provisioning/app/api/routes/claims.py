@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Path, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from e2ee_provisioning.api.deps import MAX_SQL_INTEGER, MetricsDep, Offset, OperatorAuth, PageLimit, SessionDep
+from e2ee_provisioning.api.deps import MetricsDep, Offset, OperatorAuth, PageLimit, SessionDep
 from e2ee_provisioning.core.broker import BrokerError
 from e2ee_provisioning.models import (
     ClaimCreate, ClaimPublic, ClaimsCreated, EnrollmentClaim, RevokeRequest, utcnow,
@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 # revokes again (a revocation is idempotent and calls the hooks each time).
 ClaimRevokedHook = Callable[[ClaimPublic], None]
 
-# a claim id in a path: 1..2^63 - 1 (beyond it PostgreSQL would fail the query: a 422 instead)
-ClaimId = Annotated[int, Path(ge=1, le=MAX_SQL_INTEGER)]
+# A claim id in a path: enrollment_claims.id is a 32-bit INTEGER, so 1..2^31 - 1 (a larger id was
+# a PostgreSQL "integer out of range", a 500; bounded here it is a 422).
+MAX_CLAIM_ID = 2**31 - 1
+ClaimId = Annotated[int, Path(ge=1, le=MAX_CLAIM_ID)]
 
 router = APIRouter(prefix="/claims", tags=["claims"], dependencies=[OperatorAuth])
 
