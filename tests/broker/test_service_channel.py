@@ -29,6 +29,7 @@ from e2ee_host.broker import MosquittoProcess, dev_tls
 from e2ee_host.client import DeviceClient, OperatorClient
 from e2ee_host.install import HostInstall
 from e2ee_host.service import ServiceProcess
+from e2ee_host.transport import TransportError
 
 OPERATOR_KEY = "service-channel-tests-operator-key-3b7e"
 HEAP = "264K"  # the virtual ESP32's heap with the SDK loaded as .mpy (tests/broker/test_board_app.py)
@@ -157,9 +158,12 @@ class Board:
             if line.startswith(prefix):
                 return line.split()
 
-    def ask(self, command: str, prefix: str) -> list[str]:
+    def tell(self, command: str) -> None:
         self.proc.stdin.write(command + "\n")  # type: ignore[union-attr]
         self.proc.stdin.flush()  # type: ignore[union-attr]
+
+    def ask(self, command: str, prefix: str) -> list[str]:
+        self.tell(command)
         return self.expect(prefix)
 
     def stop(self) -> None:
@@ -244,6 +248,28 @@ def test_a_board_with_only_a_claim_enrolls_and_runs_on_its_own(system, micropyth
         assert board.ask("ask GET /keys/nobody-here/bundle", "answer")[1] == "404"
         sent_total, received_total = (int(w) for w in board.ask("wire", "wire")[1:])
         heap = board.ask("heap", "heap")
+
+        # end-to-end delivery to a host the board never met: Delivery's starter is the channel's
+        # BundleStarter; the host's delivery layer delivers once and sends the receipt
+        other = system.host(fleet, "gw-dl")
+        other_link = other.link().connect()
+        try:
+            board.tell("deliver gw-dl valve 3 is closed")
+            host_delivery = other.delivery()
+            got: list[tuple[str, bytes]] = []
+            deadline = time.monotonic() + 60
+            while not got and time.monotonic() < deadline:
+                try:
+                    sender, wire = other_link.receive(timeout=0.5)
+                except TransportError:
+                    continue
+                host_delivery.handle(sender, wire, lambda s, p: got.append((s, bytes(p))))
+            host_delivery.flush(other_link.send)  # the receipt
+            assert got == [("valve-zt", b"valve 3 is closed")]
+            assert board.expect("delivered")[1] == "1"
+            assert any(line.startswith("status gw-dl 1 sent") for line in board.lines)
+        finally:
+            other_link.close()
 
         # a revoked peer: the service refuses its bundle, the starter gives up on it
         system.operator.revoke("gw-zt", "stolen")

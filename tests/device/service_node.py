@@ -9,6 +9,9 @@
 #   time                      the service's clock            -> time <status> <service ms> <board ms>
 #   crl                       the current revocation list     -> crl <status> <version> (verified, stored)
 #   bundle <peer>             a certified session from the channel's bundle -> started <peer> | refused <why>
+#   deliver <peer> <text>     end-to-end delivery (e2ee.protocol.delivery) with the BundleStarter: the
+#                             session starts from the channel's bundle -> status ... delivered <mid>
+#                             (from then on inbox messages go through the delivery layer)
 #   send <peer> <text>        encrypt, publish to the inbox   -> sent <bytes>
 #   poll <ms>                 run the link for that long      -> got <sender> <text> ... polled
 #   upkeep <ms>               prekey upkeep until settled     -> upkeep <published> <spk id>
@@ -39,7 +42,7 @@ if enroll.pending():
 
 from e2ee.device import Device  # noqa: E402 (the session stack loads after enrollment freed its heap)
 from e2ee.transport.link import Link  # noqa: E402
-from e2ee.transport.service import BundleStarter, Service  # noqa: E402
+from e2ee.transport.service import BundlePending, BundleStarter, Service  # noqa: E402
 from e2ee.upkeep import Upkeep  # noqa: E402
 
 dev = Device.open()
@@ -48,8 +51,31 @@ mqtt = settings["mqtt"]
 svc = Service.for_device(settings["fleet"], dev.device_id, dev.sessions.keystore.sign)
 
 
+delivery = None
+statuses = []
+
+
+def deliver(sender, data):
+    print("got", sender, bytes(data).decode())
+
+
 def on_message(sender, data):
-    print("got", sender, bytes(dev.decrypt(sender, data)).decode())
+    if delivery is not None:
+        delivery.handle(sender, data, deliver)
+    else:
+        deliver(sender, dev.decrypt(sender, data))
+
+
+def on_status(peer, mid, status, reason):
+    statuses.append((peer, mid, status))
+    print("status", peer, mid, status, reason or "")
+
+
+# The starter's start: the session, and the delivery told of it (what Device.start does with its own).
+def start(peer, bundle, certificate):
+    dev.start(peer, bundle, certificate)
+    if delivery is not None:
+        delivery.started(peer)
 
 
 def on_crl(data):
@@ -65,7 +91,7 @@ def log(text):
 link = Link(MQTTClient, mqtt["host"], mqtt["port"], settings["fleet"], dev.device_id, mqtt["password"],
             on_message, on_crl, keepalive=30, log=log, service=svc)
 link.connect_with_backoff()
-starter = BundleStarter(svc, dev.start)
+starter = BundleStarter(svc, start)
 upkeep = Upkeep(svc, dev.sessions, dev._config, on_event=lambda text: print("keys:", text))
 print("ready", dev.device_id)
 
@@ -74,6 +100,11 @@ def run(ms, done=None, keep=False):
     deadline = time.ticks_add(time.ticks_ms(), ms)
     while time.ticks_diff(deadline, time.ticks_ms()) > 0:
         link.step()
+        if delivery is not None and link.client is not None:
+            try:
+                delivery.flush(link.send)
+            except OSError:
+                pass  # the link is down: step() reconnects, the next flush sends
         if keep:
             upkeep.step()
         if done is not None and done():
@@ -108,13 +139,26 @@ while True:
         peer = rest
         try:
             answered = svc.answered
-            starter(peer)  # asks; the answer starts the session
+            try:
+                starter(peer)  # asks; the answer starts the session
+            except BundlePending:
+                pass
             run(20000, lambda: svc.answered > answered)
             if peer in starter._refused:
                 starter(peer)  # raises Undeliverable: the service or the certificate refused
             print("started" if dev.sessions.has_session(peer) else "waiting", peer)
         except Exception as e:
             print("refused", type(e).__name__, e)
+    elif cmd == "deliver":
+        peer, text = rest.split(" ", 1)
+        if delivery is None:
+            from e2ee import board
+            from e2ee.protocol.delivery import Delivery
+            delivery = Delivery(dev.sessions, board.DATA_DIR, board.storage_key(), dev.device_id, starter=starter,
+                                on_status=on_status)
+        mid = delivery.send(peer, text.encode())
+        run(30000, lambda: (peer, mid, "delivered") in statuses)
+        print("delivered" if (peer, mid, "delivered") in statuses else "undelivered", mid)
     elif cmd == "send":
         peer, text = rest.split(" ", 1)
         wire = dev.encrypt(peer, text.encode())

@@ -204,12 +204,18 @@ class Service:
         return self.request("GET", "/revocations", on_answer=on_answer, signed=False)
 
 
-# Delivery's starter (e2ee.device.Device(starter=...)): a session that must (re)start needs the
-# peer's bundle and certificate; the first call asks the service and returns None (Delivery tries
-# again later), the answer starts the session at once through start(peer, bundle, certificate)
-# (Device.start: its Delivery learns of it) or, without start, is returned by the next call. A
-# peer the service refuses (404 unknown or another fleet, 410 revoked, 403) or whose certificate
-# does not verify raises delivery.Undeliverable at the next call: its messages fail.
+# Delivery's starter (e2ee.protocol.delivery.Delivery(starter=...), or a device's that wraps it):
+# a session that must (re)start needs the peer's bundle and certificate. The first call asks the
+# service and raises BundlePending (Delivery tries again later; nothing blocks); the answer
+# starts the session at once through start(peer, bundle, certificate), which must also tell the
+# Delivery (Delivery.started(peer), as Device.start does), or, without start, is returned by the
+# next call as (bundle, certificate). A peer the service refuses (404 unknown or another fleet,
+# 410 revoked, 403) or whose certificate does not verify raises delivery.Undeliverable at the
+# next call: its messages fail.
+class BundlePending(ServiceError):
+    pass
+
+
 class BundleStarter:
     def __init__(self, service, start=None):
         self.service = service
@@ -224,13 +230,14 @@ class BundleStarter:
             from e2ee.protocol.delivery import Undeliverable
             raise Undeliverable(why)
         got = self._got.pop(peer, None)
-        if got is not None or peer in self._asked:
+        if got is not None:
             return got
-        try:
-            self._asked[peer] = self.service.bundle(peer, lambda status, doc: self._answer(peer, status, doc))
-        except (ServiceError, OSError):
-            pass  # no link or clock yet: asked at the next call
-        return None
+        if peer not in self._asked:
+            try:
+                self._asked[peer] = self.service.bundle(peer, lambda status, doc: self._answer(peer, status, doc))
+            except (ServiceError, OSError):
+                pass  # no link or clock yet: asked at the next call
+        raise BundlePending(peer)
 
     def _answer(self, peer, status, doc):
         self._asked.pop(peer, None)
