@@ -5,8 +5,10 @@
 #   upkeep = Upkeep(svc, dev.sessions, config)   # config: the board's "config" RecordStore
 #   upkeep.step()                                 # from the main loop: never blocks
 #
-# One request in flight at a time. Every `check_every` seconds (and at once after start) it asks
-# for its inventory; below `target` published one-time prekeys it uploads up to `batch` more
+# One request in flight at a time. A board without a clock gets the service's time first
+# (Service.sync_time(), again every day: the tick counter carries it). Every `check_every` seconds
+# (at once after start, and `soon` seconds after a session start used up one of the board's
+# one-time prekeys: the service handed that one out) it asks for its inventory; below `target` published one-time prekeys it uploads up to `batch` more
 # (made on the board first where too few unpublished ones are left), until `target` is reached. A
 # signed prekey older than `spk_every` seconds is replaced: the new one is made and stored first
 # (the key store keeps the previous one, keys.MAX_SIGNED_PREKEYS, for PreKeyMessages on the way),
@@ -30,6 +32,8 @@ TARGET = const(20)  # one-time prekeys kept at the service: 20 session starts be
 BATCH = const(8)  # per upload: a request body of about 1 KB
 SPK_EVERY = const(604800)  # seconds between signed prekey rotations (a week, as Signal's clients)
 CHECK_EVERY = const(3600)  # seconds between inventory checks
+SOON = const(30)  # seconds from a used one-time prekey to the check: starts in a burst share one
+_RESYNC_MS = const(86400000)  # a clock from the service is asked again after a day
 _RETRY = const(60)  # seconds before trying again after a failed request
 _UPLOADED = "uploaded-opks"
 _SPK_AT = "spk-at"
@@ -38,7 +42,7 @@ _SPK_AT = "spk-at"
 class Upkeep:
     # on_event(text): what it did ("uploaded 8 one-time prekeys", "rotated signed prekey 2"), for logs.
     def __init__(self, service, sessions, config, target=TARGET, batch=BATCH, spk_every=SPK_EVERY,
-                 check_every=CHECK_EVERY, on_event=None):
+                 check_every=CHECK_EVERY, soon=SOON, on_event=None):
         self.service = service
         self.sessions = sessions
         self.config = config
@@ -46,10 +50,13 @@ class Upkeep:
         self.batch = batch
         self.spk_every = spk_every
         self.check_every = check_every
+        self.soon = soon
         self.on_event = on_event
         self.published = None  # one-time prekeys the service holds, as last told
         self.busy = False
         self._next = 0  # when to check next (Unix seconds); 0: at once
+        self._held = sessions.keystore.one_time_prekey_count()  # a drop: a session start used one
+        self._synced_at = None  # the service's ms at the last sync_time() this upkeep asked
 
     def __repr__(self):
         return "<Upkeep published=%s>" % self.published
@@ -69,14 +76,19 @@ class Upkeep:
         self._next = 0
         self.published = None
 
-    # One turn: at most one request goes out; nothing while one is in flight or without a clock.
+    # One turn: at most one request goes out; nothing while one is in flight.
     def step(self):
         if self.busy:
             return
         now = self.service.now_ms()
-        if now is None:
+        if now is None or (self._synced_at is not None and now - self._synced_at >= _RESYNC_MS):
+            self._send(self.service.sync_time, self._timed)
             return
         now //= 1000
+        held = self.sessions.keystore.one_time_prekey_count()
+        if held < self._held and self._next > now + self.soon:
+            self._next = now + self.soon
+        self._held = held
         made = self._get(_SPK_AT, None)
         if made is None:  # the signed prekey enrollment published: its age counts from now
             self.config.put(_SPK_AT, b"%d" % now)
@@ -84,6 +96,13 @@ class Upkeep:
             self.rotate(now)
         elif now >= self._next:
             self._send(self.service.inventory, self._inventory)
+
+    def _timed(self, status, doc):
+        self.busy = False
+        if status == 200:
+            self._synced_at = self.service.now_ms()
+        else:
+            self._later(_RETRY)
 
     # Sends with op(callback); a request that cannot go out (no link, no clock) waits _RETRY.
     def _send(self, op, callback, *args):
@@ -135,6 +154,7 @@ class Upkeep:
         if len(fresh) < want:
             ks.generate_one_time_prekeys(want - len(fresh))
             self.sessions.save_keys()  # before the service hands them out
+        self._held = ks.one_time_prekey_count()
         opks = []
         for i, pub in ks.one_time_prekey_publics():
             if i > sent and len(opks) < want:

@@ -238,6 +238,15 @@ def test_a_board_with_only_a_claim_enrolls_and_runs_on_its_own(system, micropyth
         board.ask("upkeep 30000", "upkeep")
         assert system.operator.inventory("valve-zt")["one_time_prekeys"] == 20
 
+        # a host starts a session from the board's bundle: the PreKeyMessage uses up one of the
+        # board's one-time prekeys, and its upkeep tops the service up again by itself
+        gateway.start_session("valve-zt")
+        assert system.operator.inventory("valve-zt")["one_time_prekeys"] == 19
+        link.send("valve-zt", gateway.sessions.encrypt("valve-zt", b"from a new session"))
+        assert board.ask("auto 30000", "auto")[1] == "20"
+        assert "got gw-zt from a new session" in board.lines
+        assert system.operator.inventory("valve-zt")["one_time_prekeys"] == 20
+
         # signed prekey rotation: stored, uploaded, served
         assert board.ask("rotate 30000", "rotated")[1] == "2"
         assert system.operator.inventory("valve-zt")["signed_prekey_id"] == 2
@@ -488,3 +497,43 @@ def test_a_board_enrolls_by_claim_over_the_tls_listener(system, micropython, tmp
         assert system.operator.device("meter-tls")["fleet"] == fleet
     finally:
         board.stop()
+
+
+def test_a_board_without_a_clock_takes_the_services_time_before_signing(system, devices, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Packets: pump-b's unsigned GET /time on its req topic and the answer; then a signed GET of
+    # its inventory, timestamped with the service's clock carried on by the tick counter.
+    import e2ee.transport.service as service_module
+    monkeypatch.setattr(service_module, "_wall_ms", lambda: 946684800000)  # an ESP32 that booted in 2000
+    fleet = devices["fleet"]
+    key_b, password_b = devices["pump-b"]
+    ch = Channel(system.broker, "pump-b", password_b, topics.service_request(fleet, "pump-b"),
+                 topics.service_response(fleet, "pump-b"))
+    try:
+        svc = Service.for_device(fleet, "pump-b", key_b.sign)
+        svc.publish = lambda topic, data: ch.client.publish(topic, data, qos=1)
+        ch.client.set_callback(lambda topic, data: svc.handle(topic, data))
+        assert svc.now_ms() is None
+        with pytest.raises(service_module.ServiceError):
+            svc.inventory(lambda status, doc: None)  # nothing to sign a timestamp with yet
+        got: list[tuple[int, Any]] = []
+        svc.sync_time(lambda status, doc: got.append((status, doc)))
+        deadline = time.monotonic() + 10
+        while len(got) < 1 and time.monotonic() < deadline:
+            ch.client.sock.settimeout(0.1)
+            try:
+                ch.client.check_msg()
+            except OSError:
+                pass
+        assert got and got[0][0] == 200
+        assert abs(svc.now_ms() - time.time() * 1000) < 2000  # type: ignore[operator]
+        svc.inventory(lambda status, doc: got.append((status, doc)))
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            ch.client.sock.settimeout(0.1)
+            try:
+                ch.client.check_msg()
+            except OSError:
+                pass
+        assert len(got) == 2 and got[1][0] == 200 and got[1][1]["device_id"] == "pump-b"
+    finally:
+        ch.close()

@@ -16,6 +16,9 @@
 #   poll <ms>                 run the link for that long      -> got <sender> <text> ... polled
 #   upkeep <ms>               prekey upkeep until settled     -> upkeep <published> <spk id>
 #   rotate <ms>               a new signed prekey, uploaded   -> rotated <spk id> <published>
+#   auto <ms>                 the main loop with the upkeep until a message came and the upkeep
+#                             settled again (a PreKeyMessage used a one-time prekey: topped up by
+#                             itself)                         -> got ... auto <published> <held>
 #   ask <method> <path> [<body>]  a signed request as given   -> answer <status> <detail or body keys>
 #   wire                      bytes the channel carried       -> wire <sent> <received>
 #   heap                      after a collection              -> heap <allocated> <free>
@@ -55,7 +58,11 @@ delivery = None
 statuses = []
 
 
+received = [0]
+
+
 def deliver(sender, data):
+    received[0] += 1
     print("got", sender, bytes(data).decode())
 
 
@@ -92,7 +99,7 @@ link = Link(MQTTClient, mqtt["host"], mqtt["port"], settings["fleet"], dev.devic
             on_message, on_crl, keepalive=30, log=log, service=svc)
 link.connect_with_backoff()
 starter = BundleStarter(svc, start)
-upkeep = Upkeep(svc, dev.sessions, dev._config, on_event=lambda text: print("keys:", text))
+upkeep = Upkeep(svc, dev.sessions, dev._config, soon=1, on_event=lambda text: print("keys:", text))
 print("ready", dev.device_id)
 
 
@@ -172,6 +179,15 @@ while True:
         run(int(rest), lambda: not upkeep.busy and upkeep.published is not None
             and upkeep.published >= upkeep.target and upkeep._next > 0, keep=True)
         print("upkeep", upkeep.published, dev.sessions.keystore.spk_id)
+    elif cmd == "auto":
+        before = received[0]
+
+        def settled():
+            now = svc.now_ms() // 1000
+            return (received[0] > before and not upkeep.busy and upkeep.published == upkeep.target
+                    and upkeep._next > now + 60)
+        run(int(rest), settled, keep=True)
+        print("auto", upkeep.published, dev.sessions.keystore.one_time_prekey_count())
     elif cmd == "rotate":
         upkeep.rotate()
         run(int(rest), lambda: not upkeep.busy)

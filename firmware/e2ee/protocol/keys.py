@@ -501,6 +501,10 @@ class KeyStore:
         self._last_resort = OneTimePrekey.generate(LAST_RESORT_ID, rng)
 
     # (id, public) of every stored one-time prekey, for upload to the key directory.
+    # How many one-time prekeys the store holds (what a session start uses up), without a list.
+    def one_time_prekey_count(self):
+        return len(self._opks)
+
     def one_time_prekey_publics(self):
         return [(i, self._opks[i].public) for i in sorted(self._opks)]
 
