@@ -125,9 +125,9 @@ class Requests:
 
 
 def test_polls_wait_out_retry_after_and_the_link_completes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    # a budget of 6 enrollment requests, 1 more a second: Retry-After 1; the two enrollments take 4
+    # a budget of 6 enrollment requests, 2 more a second: Retry-After 1; the two enrollments take 4
     with ServiceProcess(tmp_path / "service.log", data_dir=tmp_path / "data", operator_api_key=OPERATOR_KEY,
-                        enroll_rate_capacity=6, enroll_rate_per_second=1) as service:
+                        enroll_rate_capacity=6, enroll_rate_per_second=2) as service:
         with OperatorClient(service.url, OPERATOR_KEY) as op:
             primary = _enrolled(service.url, op, "acme-phone", owner=OWNER)
             new = _enrolled(service.url, op, "acme-tablet")
