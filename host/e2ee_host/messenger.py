@@ -10,7 +10,11 @@ Every message sent is reported: sent (the broker has it), delivered (the recipie
 receipt named it) or failed with a reason (no receipt within 7 days, the peer revoked or gone);
 a full outbox refuses at send() (OutboxFull). Received messages reach on_message once per
 message id, also when the sender resends them after a reconnect or a session reset. Closing
-spools whatever the broker handed over but nobody handled, so nothing received is lost.
+spools whatever the broker handed over but nobody handled, so nothing received is lost; so
+does a handler that raises (an envelope whose handling failed goes to the spool first).
+
+e2ee_host.sdk.Client is the application's interface on top of it (a durable inbox with explicit
+acknowledgements, delivery handles, groups); not thread-safe by itself: one thread at a time.
 """
 from __future__ import annotations
 
@@ -39,10 +43,14 @@ _STATUSES_KEPT = 100_000  # (peer, seq) statuses remembered in memory for status
 
 class Messenger:
     def __init__(self, inst: Any, link: Any, on_message: Callable[[str, bytes], None] | None = None,
-                 on_status: Callable[[str, int, str, str | None], None] | None = None) -> None:
+                 on_status: Callable[[str, int, str, str | None], None] | None = None,
+                 on_group: Callable[[str, bytes], None] | None = None) -> None:
         """inst: a HostInstall; link: its HostLink, connected. on_message(sender, payload) once
-        per message (default: kept in `received`); on_status(peer, seq, status, reason)."""
+        per message (default: kept in `received`); on_status(peer, seq, status, reason);
+        on_group(group, wire): each message of a joined group (None: pump() leaves them in the
+        link's queue, and close() spools them)."""
         self.inst, self.link = inst, link
+        self._on_group = on_group
         self.received: list[tuple[str, bytes]] = []
         self.duplicates = self.failed = 0
         self.last_error: str | None = None
@@ -93,7 +101,10 @@ class Messenger:
 
     def flush(self) -> int:
         """Receipts, reset requests and the data each window allows, to the broker. A link that is
-        down stops it: what was not sent stays due."""
+        down stops it (at once when it is known to be down, paho reconnecting: no wait for the
+        link's timeout): what was not sent stays due."""
+        if not self.link.online:
+            return 0
         if self.link.connects != self._connects:  # reconnected: messages on the way may be gone
             self._connects = self.link.connects
             self.delivery.reconnected()
@@ -124,30 +135,64 @@ class Messenger:
         else:
             self._on_message(sender, data)
 
-    def pump(self, wait: float = 0.0) -> int:
+    def _next(self) -> tuple[str | None, str, bytes] | None:
+        """(None, sender, envelope) from the inbox, else (group, "", wire) from a joined group
+        (when on_group is set), else None. The inbox goes first: a sender key distribution is
+        handled before the group messages its sender published after it."""
+        try:
+            sender, wire = self.link.inbox.get_nowait()
+            return None, sender, wire
+        except queue.Empty:
+            pass
+        if self._on_group is not None:
+            try:
+                group, wire = self.link.group_messages.get_nowait()
+                return group, "", wire
+            except queue.Empty:
+                pass
+        return None
+
+    def _take(self, item: tuple[str | None, str, bytes]) -> None:
+        group, sender, wire = item
+        try:
+            if group is None:
+                self.handle(sender, wire)
+            else:
+                assert self._on_group is not None
+                self._on_group(group, wire)
+        except BaseException:  # the install's own failure (store, disk) or an interrupt: kept, not lost
+            self.inst.spool([(sender if group is None else self.inst.group_spool_sender(group), wire)])
+            raise
+
+    def pump(self, wait: float = 0.0, limit: int | None = None) -> int:
         """Flushes, then handles what arrives within `wait` seconds (flushing after each batch, so
-        receipts are batched), then flushes again. Returns the number of inbox messages handled."""
+        receipts are batched), then flushes again. At most `limit` messages (None: no limit):
+        the rest waits in the link's queues. Returns the number of messages handled."""
         self.flush()
         handled = 0
         deadline = time.monotonic() + wait
-        while True:
-            try:
-                sender, wire = self.link.inbox.get(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
-            except queue.Empty:
+        flushed = time.monotonic()
+        while limit is None or handled < limit:
+            item = self._next()
+            if item is None:
                 if time.monotonic() >= deadline:
                     break
-                self.flush()
-                continue
-            self.handle(sender, wire)
-            handled += 1
-            while True:
-                try:
-                    sender, wire = self.link.inbox.get_nowait()
+                try:  # wait for the inbox a little (group messages are looked at every 20 ms)
+                    sender, wire = self.link.inbox.get(timeout=min(0.02, max(0.0, deadline - time.monotonic())))
+                    item = (None, sender, wire)
                 except queue.Empty:
-                    break
-                self.handle(sender, wire)
+                    if time.monotonic() - flushed >= 0.05:  # resends and probes do not wait for traffic
+                        self.flush()
+                        flushed = time.monotonic()
+                    continue
+            while item is not None:  # a batch: everything queued now
+                self._take(item)
                 handled += 1
+                if limit is not None and handled >= limit:
+                    break
+                item = self._next()
             self.flush()
+            flushed = time.monotonic()
         self.flush()
         return handled
 

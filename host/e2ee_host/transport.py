@@ -173,6 +173,11 @@ class HostLink:
             raise TransportError(why)
         return self
 
+    @property
+    def online(self) -> bool:
+        """Connected, with the inbox and revocation list subscriptions granted."""
+        return self._online.is_set()
+
     def _publish(self, topic: str, payload: bytes, what: str) -> None:
         deadline = time.monotonic() + self.timeout
         if not self._online.wait(self.timeout):
