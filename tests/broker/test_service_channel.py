@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -386,6 +387,12 @@ def test_malformed_and_replayed_requests_get_error_answers(system, devices) -> N
             except OSError:
                 pass
         assert got and got[0][0] == 200 and got[0][1]["device_id"] == "pump-a"
+        # counted, without content: requests and refusals
+        text = httpx.get(system.service.url + "/metrics", headers={"X-API-Key": OPERATOR_KEY}).text
+        counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                  if line.startswith("e2ee_channel_requests")}
+        assert counts["e2ee_channel_requests_refused_total"] >= 12
+        assert counts["e2ee_channel_requests_total"] >= counts["e2ee_channel_requests_refused_total"] + 2
     finally:
         ch.close()
 

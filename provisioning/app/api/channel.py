@@ -155,6 +155,10 @@ class ServiceChannel:
         except Exception as e:  # a fault of ours: the asker learns it, the worker goes on
             log.error("service channel: %s on %s", type(e).__name__, topic)
             answer = {"id": rid, "status": 500, "detail": "internal error"}
+        metrics = self.app.state.metrics
+        metrics.inc("e2ee_channel_requests_total")
+        if answer["status"] != 200:
+            metrics.inc("e2ee_channel_requests_refused_total")
         self.app.state.broker.publish_answer(answer_topic, json.dumps(answer, separators=(",", ":")).encode())
         if after is not None:
             after()
@@ -242,6 +246,7 @@ class ServiceChannel:
         def retire() -> None:
             try:
                 broker.remove_claim(fleet, int(claim))
+                self.app.state.metrics.inc("e2ee_claim_credentials_retired_total")
             except BrokerError:
                 log.warning("the broker did not remove the credential of claim %s", claim)
         return retire

@@ -26,6 +26,9 @@ COUNTERS = {
     "e2ee_enrollment_claims_created_total": "Enrollment claim tokens created",
     "e2ee_enrollment_claims_revoked_total": "Enrollment claims revoked by an operator",
     "e2ee_auth_failures_total": "Requests refused for missing or wrong credentials",
+    "e2ee_channel_requests_total": "Requests served on the MQTT service channel and enrollment-by-claim topics",
+    "e2ee_channel_requests_refused_total": "Service channel requests answered with an error status",
+    "e2ee_claim_credentials_retired_total": "Claim broker credentials deleted (spent, revoked or expired claims)",
 }
 
 
