@@ -289,7 +289,8 @@ class DynSec:
 
     def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 10.0,
                  client_id: str | None = None, on_inbox: Callable[[str, str, bytes], None] | None = None,
-                 tls_ca: str | None = None, on_request: Callable[[str, bytes], None] | None = None) -> None:
+                 tls_ca: str | None = None, on_request: Callable[[str, bytes], None] | None = None,
+                 observe: Callable[[str, float, bool], None] | None = None) -> None:
         """client_id: a fixed id makes the session persistent (clean_session False), so inbox
         messages for relay clients that arrive while the service is down, or that it received but
         had not stored, wait at the broker. on_inbox(fleet, device_id, payload): every inbox message
@@ -299,8 +300,13 @@ class DynSec:
         on_request(topic, payload): every request of the service channel and of enrollment by
         claim (their req topics), called on a worker of its own, in order; it answers through
         publish_answer(); acknowledged once it returned, whatever it raised (logged by type: a
-        request is never served twice). Raises BrokerError when the broker refuses or does not answer within `timeout`."""
+        request is never served twice). observe(command, seconds, ok): called after every command
+        and acknowledged publish (publish_answer, publish_inbox, publish_revocation_list) with the
+        time to the broker's answer, ok False when none came (a refusal is an answer), for the
+        service's metrics. Raises BrokerError when the broker
+        refuses or does not answer within `timeout`."""
         self.timeout = timeout
+        self._observe = observe
         self._where = "%s:%d" % (host, port)
         self._answers: dict[str, dict[str, Any]] = {}  # only for correlation ids in _waiting
         self._waiting: set[str] = set()
@@ -351,6 +357,19 @@ class DynSec:
 
     def __repr__(self) -> str:
         return "<DynSec %s>" % self._where
+
+    @property
+    def connected(self) -> bool:
+        """Connected, and this connection's subscriptions granted: commands can go out."""
+        return self._ready.is_set()
+
+    def queued(self) -> dict[str, int]:
+        """Messages received and not yet taken by their worker: {"inbox": n, "requests": n}."""
+        return {"inbox": self._inbox.qsize(), "requests": self._requests.qsize()}
+
+    def _observed(self, name: str, started: float, ok: bool) -> None:
+        if self._observe is not None:
+            self._observe(name, time.monotonic() - started, ok)
 
     def _check_service_role(self, user: str) -> None:
         """An MQTT 3.1.1 broker acknowledges a publish its ACLs deny and drops it: without the
@@ -505,7 +524,18 @@ class DynSec:
     def command(self, command: str, **fields: Any) -> dict[str, Any]:
         """Sends one command; returns the answer. Raises BrokerError when the plugin refused it or
         the broker did not answer within `timeout` (waiting for a reconnection counts)."""
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        try:
+            answer = self._command(command, started + self.timeout, fields)
+        except BrokerError:
+            self._observed(command, started, False)
+            raise
+        self._observed(command, started, True)  # answered: the broker is there, whatever it said
+        if answer.get("error"):
+            raise BrokerError("%s refused: %s" % (command, answer["error"]))
+        return answer
+
+    def _command(self, command: str, deadline: float, fields: dict[str, Any]) -> dict[str, Any]:
         self._wait_ready(deadline, command)
         corr = uuid.uuid4().hex
         with self._cond:
@@ -526,14 +556,20 @@ class DynSec:
             with self._cond:
                 self._waiting.discard(corr)
                 self._answers.pop(corr, None)
-        if answer.get("error"):
-            raise BrokerError("%s refused: %s" % (command, answer["error"]))
         return answer
 
-    def _publish(self, topic: str, payload: bytes, retain: bool, what: str) -> None:
+    def _publish(self, topic: str, payload: bytes, retain: bool, what: str, name: str) -> None:
         """QoS 1; returns once the broker acknowledged (PUBACK). BrokerError otherwise: then paho
-        may still deliver it after a reconnection (at least once)."""
-        deadline = time.monotonic() + self.timeout
+        may still deliver it after a reconnection (at least once). `name` is the observer's."""
+        started = time.monotonic()
+        try:
+            self._publish_acknowledged(topic, payload, retain, what, started + self.timeout)
+        except BrokerError:
+            self._observed(name, started, False)
+            raise
+        self._observed(name, started, True)
+
+    def _publish_acknowledged(self, topic: str, payload: bytes, retain: bool, what: str, deadline: float) -> None:
         self._wait_ready(deadline, what)
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         try:
@@ -615,14 +651,15 @@ class DynSec:
     def publish_answer(self, topic: str, payload: bytes) -> None:
         """An answer of the service channel (QoS 1, not retained); BrokerError when the broker did
         not acknowledge it within the timeout."""
-        self._publish(topic, payload, False, "service channel answer")
+        self._publish(topic, payload, False, "service channel answer", "publish_answer")
 
     # --- the HTTP relay (e2ee_provisioning.core.relay) ---
 
     def publish_inbox(self, fleet: str, to: str, sender: str, envelope: bytes) -> None:
         """An envelope into a device's inbox on behalf of `sender` (QoS 1); BrokerError when the
         broker did not acknowledge it within the timeout."""
-        self._publish(topics.inbox(fleet, to), topics.frame(sender, envelope), False, "relayed envelope")
+        self._publish(topics.inbox(fleet, to), topics.frame(sender, envelope), False, "relayed envelope",
+                      "publish_inbox")
 
     def publish_revocation_list(self, fleet: str, data: bytes) -> None:
         """The signed revocation list, retained, on the fleet's topic (QoS 1); BrokerError when the
@@ -630,4 +667,4 @@ class DynSec:
         this admin (a broker crash loses what it acknowledged since its last save, docs/broker.md):
         peers that hold it already refuse the copy as certificate.RolledBack, which they ignore."""
         self._lists[fleet] = data
-        self._publish(topics.crl(fleet), data, True, "revocation list")
+        self._publish(topics.crl(fleet), data, True, "revocation list", "publish_revocation_list")

@@ -353,6 +353,15 @@ class DeviceClient(ServiceClient):
     def remove_registration_lock(self) -> None:
         self.signed("DELETE", "/me/registration-lock")
 
+    def report(self, *, delivered: int = 0, undelivered: int = 0, received: int = 0, decrypt_failures: int = 0,
+               encrypt_failures: int = 0) -> None:
+        """Reports counts of this client's own traffic since its previous report (POST /reports,
+        docs/provisioning.md "Client reports"): counts only, each 0..10000; ApiError 429 when
+        reported too often."""
+        doc = {"delivered": delivered, "undelivered": undelivered, "received": received,
+               "decrypt_failures": decrypt_failures, "encrypt_failures": encrypt_failures}
+        self.signed("POST", "/reports", json.dumps(doc).encode())
+
     def put_backup(self, blob: bytes, auth: bytes) -> dict[str, Any]:
         """Stores this device's sealed backup (e2ee_host.backup.seal) with the hash of its token."""
         return self.signed("PUT", "/backups/%s" % self.device_id,  # type: ignore[no-any-return]

@@ -7,10 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from prometheus_client import ProcessCollector
 
 from e2ee_host.fleet_ca import FileCAKeystore
 from e2ee_provisioning.api.channel import ServiceChannel, retire_revoked_claim
-from e2ee_provisioning.api.routes import backups, ca, claims, devices, enrollment, groups, health, keys, links, me, metrics, relay, revocations
+from e2ee_provisioning.api.routes import (
+    backups, ca, claims, devices, enrollment, groups, health, keys, links, me, metrics, relay, reports, revocations,
+)
 from e2ee_provisioning.core.authority import ensure_revocation_list
 from e2ee_provisioning.core.bodylimit import BodyLimit, RouteLimit
 from e2ee_provisioning.core.urlguard import RefuseNul
@@ -19,8 +22,10 @@ from e2ee_provisioning.core.relay import RelayBridge
 from e2ee_provisioning.core.broker import BrokerAdmin
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.db import make_engine, make_sessionmaker, run_migrations
+from e2ee_provisioning.core.gauges import BrokerGauges, DatabaseGauges
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.core.ratelimit import TokenBuckets
+from e2ee_provisioning.core.requestmetrics import RequestMetrics
 
 __all__ = ["create_app"]
 
@@ -43,8 +48,9 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
             owned = app.state.broker = DynSec(
                 settings.broker_admin_host, settings.broker_admin_port, settings.broker_admin_user,
                 settings.broker_admin_password.get_secret_value(), client_id="e2ee-provisioning",
-                on_inbox=RelayBridge(app.state.sessionmaker).on_inbox, tls_ca=str(tls_ca) if tls_ca else None,
-                on_request=ServiceChannel(app).on_request)
+                on_inbox=RelayBridge(app.state.sessionmaker, app.state.metrics).on_inbox,
+                tls_ca=str(tls_ca) if tls_ca else None, on_request=ServiceChannel(app).on_request,
+                observe=app.state.metrics.observe_broker)
         try:
             with app.state.sessionmaker() as session:
                 ensure_revocation_list(session, app.state.ca)
@@ -59,20 +65,28 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
                   description="Device registry, enrollment claims and key directory (docs/provisioning.md)")
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.metrics.register(DatabaseGauges(app.state, app.state.metrics))
+    app.state.metrics.register(BrokerGauges(app.state))
+    ProcessCollector(registry=app.state.metrics.registry)
     app.state.bundle_buckets = TokenBuckets(settings.bundle_rate_capacity, settings.bundle_rate_per_second)
     app.state.enroll_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
     # the MQTT service channel (api/channel.py): requests per device topic, as enrollments per address
     app.state.channel_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
+    app.state.report_buckets = TokenBuckets(reports.REPORT_CAPACITY, reports.REPORTS_PER_SECOND)  # per device
     app.state.ca = FileCAKeystore(settings.ca_path)
     app.state.broker = broker
     app.state.claim_revoked_hooks = []  # routes/claims.py on_claim_revoked()
     claims.on_claim_revoked(app, retire_revoked_claim(app))  # its zero-touch broker credential goes
     app.state.blobs = make_blob_store(settings)
-    for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations, backups, links, relay, groups):
-        app.include_router(module.router)
+    routers = [module.router for module in (health, metrics, ca, claims, enrollment, devices, me, keys, revocations,
+                                            backups, links, relay, groups, reports)]
+    for router in routers:
+        app.include_router(router)
     # every body capped while it streams in, before any route reads it (finding 9, D19)
     app.add_middleware(RefuseNul)  # no NUL reaches a query (finding 11)
     app.add_middleware(BodyLimit, default=settings.max_upload_bytes, routes=_body_limits(settings))
+    # outermost: times the refusals too (their route found among the routers' own routes)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics, routes=[r for router in routers for r in router.routes])
     return app
 
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prometheus_client.parser import text_string_to_metric_families
 from support import DEVICE_TESTS
 
 from e2ee.protocol import enrollment
@@ -388,11 +389,11 @@ def test_malformed_and_replayed_requests_get_error_answers(system, devices) -> N
                 pass
         assert got and got[0][0] == 200 and got[0][1]["device_id"] == "pump-a"
         # counted, without content: requests and refusals
-        text = httpx.get(system.service.url + "/metrics", headers={"X-API-Key": OPERATOR_KEY}).text
-        counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                  if line.startswith("e2ee_channel_requests")}
-        assert counts["e2ee_channel_requests_refused_total"] >= 12
-        assert counts["e2ee_channel_requests_total"] >= counts["e2ee_channel_requests_refused_total"] + 2
+        text = httpx.get(system.service.url + "/metrics").text
+        counts = {s.labels["status"]: s.value for family in text_string_to_metric_families(text)
+                  for s in family.samples if s.name == "e2ee_channel_requests_total" and s.labels["kind"] == "device"}
+        refused = sum(n for status, n in counts.items() if status != "2xx")
+        assert refused >= 12 and counts["2xx"] >= 2
     finally:
         ch.close()
 
@@ -544,3 +545,29 @@ def test_a_board_without_a_clock_takes_the_services_time_before_signing(system, 
         assert len(got) == 2 and got[1][0] == 200 and got[1][1]["device_id"] == "pump-b"
     finally:
         ch.close()
+
+
+def test_a_device_reports_its_counts_over_the_channel(system, devices) -> None:  # type: ignore[no-untyped-def]
+    # Packets: pump-b PUBLISHes a signed POST /reports on its req topic (QoS 1) and reads the
+    # answer on its resp topic: 200 with an empty body; the counts land in its fleet's
+    # e2ee_client_events_total, and the channel counts the request as a 2xx. A report with an
+    # unknown field is a 422 and counts nothing.
+    fleet = devices["fleet"]
+    key_b, password_b = devices["pump-b"]
+    own = Channel(system.broker, "pump-b", password_b, topics.service_request(fleet, "pump-b"),
+                  topics.service_response(fleet, "pump-b"))
+    try:
+        payload, rid = _signed(key_b, "pump-b", "POST", "/reports", b'{"received": 7, "decrypt_failures": 2}')
+        assert own.ask(payload, rid) == {"id": rid, "status": 200, "body": {}}
+        payload, rid = _signed(key_b, "pump-b", "POST", "/reports", b'{"received": 1, "peer": "pump-a"}')
+        answer = own.ask(payload, rid)
+        assert answer is not None and answer["status"] == 422
+    finally:
+        own.close()
+    text = httpx.get(system.service.url + "/metrics").text
+    events = {(s.labels.get("event"), s.value) for family in text_string_to_metric_families(text)
+              for s in family.samples if s.name == "e2ee_client_events_total" and s.labels.get("fleet") == fleet}
+    assert ("received", 7) in events and ("decrypt_failures", 2) in events
+    served = [s.value for family in text_string_to_metric_families(text) for s in family.samples
+              if s.name == "e2ee_channel_requests_total" and s.labels == {"kind": "device", "status": "2xx"}]
+    assert served and served[0] >= 1

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
 from e2ee.protocol import enrollment
@@ -89,6 +90,18 @@ class TestDevice:
     def upload(self, client: httpx.Client, spk: bool = True,
                opks: list[dict[str, Any]] | None = None) -> httpx.Response:
         return self.post(client, "/keys", self.upload_body(spk, opks))
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples of a /metrics exposition: (name, labels) -> value, parsed by prometheus_client."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value in a /metrics exposition; 0 when the series is absent (a counter never
+    incremented has no labelled series yet)."""
+    return samples(text).get((name, frozenset(labels.items())), 0.0)
 
 
 def create_claim(client: httpx.Client, fleet: str = "plant-north", **fields: Any) -> str:

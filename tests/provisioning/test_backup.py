@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_support import OPERATOR_KEY
+from service_support import OPERATOR_KEY, metric
 
 from e2ee.protocol.group import GroupSessions, NotMember
 from e2ee.protocol.keys import KeyStore
@@ -119,9 +119,18 @@ def test_wrong_passphrase_is_clear_and_attempts_are_limited(live_server, tmp_pat
     with pytest.raises(ApiError) as e:  # locked: even the right token waits for an operator
         a.client.fetch_backup("alice-2", auth)
     assert e.value.status == 423
+    text = httpx.get(live_server.url + "/metrics").text  # outcomes counted per fleet, the lock as a gauge
+    for result, n in (("wrong_passphrase", settings.backup_fetch_attempts), ("locked", 1), ("ok", 0)):
+        assert metric(text, "e2ee_backup_fetches_total", fleet="plant-north", result=result) == n
+    assert metric(text, "e2ee_backup_lockouts_total", fleet="plant-north") == 1
+    assert metric(text, "e2ee_backups_locked", fleet="plant-north") == 1
+    assert metric(text, "e2ee_backup_uploads_total", fleet="plant-north") == 1
     r = httpx.delete(live_server.url + "/backups/alice-2/lock", headers={"X-API-Key": OPERATOR_KEY})
     assert r.status_code == 204
     assert a.client.fetch_backup("alice-2", auth) == blob
+    text = httpx.get(live_server.url + "/metrics").text
+    assert metric(text, "e2ee_backups_locked", fleet="plant-north") == 0
+    assert metric(text, "e2ee_backup_fetches_total", fleet="plant-north", result="ok") == 1
 
 
 def test_backup_uploads_are_checked(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from service_support import OPERATOR, TestDevice, create_claim, dump_tables
+from service_support import OPERATOR, TestDevice, create_claim, dump_tables, metric
 
 from e2ee_provisioning.api.routes.claims import on_claim_revoked
 from e2ee_provisioning.core.broker import BrokerError
@@ -80,7 +80,7 @@ def test_revoked_claim_is_listed_and_never_spent_again(client) -> None:  # type:
     revoked = r.json()
     assert revoked["revoked_at"] and revoked["revoke_reason"] == "token leaked" and revoked["used"] == 1
     assert client.get("/claims", headers=OPERATOR).json() == [revoked]
-    assert "e2ee_enrollment_claims_revoked_total 1" in client.get("/metrics").text
+    assert metric(client.get("/metrics").text, "e2ee_enrollment_claims_revoked_total", fleet="plant-north") == 1
     # the four enrollments left on the claim are gone: a typed 403, nothing written
     body = TestDevice("pump-2").enrollment_body(client, token)
     before = dump_tables(client.app.state.engine)
@@ -92,7 +92,7 @@ def test_revoked_claim_is_listed_and_never_spent_again(client) -> None:  # type:
     # again: idempotent, the first time and reason stay, counted once
     again = client.post("/claims/%d/revoke" % claim["id"], headers=OPERATOR, json={"reason": "other"})
     assert again.status_code == 200 and again.json() == revoked
-    assert "e2ee_enrollment_claims_revoked_total 1" in client.get("/metrics").text
+    assert metric(client.get("/metrics").text, "e2ee_enrollment_claims_revoked_total", fleet="plant-north") == 1
 
 
 @pytest.mark.parametrize("path,code", [("/claims/999/revoke", 404), ("/claims/0/revoke", 422),

@@ -6,7 +6,7 @@ import base64
 import time
 
 import pytest
-from service_support import OPERATOR, TestDevice, create_claim, dump_tables
+from service_support import OPERATOR, TestDevice, create_claim, dump_tables, metric
 
 from e2ee.protocol import certificate
 from e2ee.protocol.keys import KeyStore
@@ -100,6 +100,9 @@ def test_registration_lock(client) -> None:  # type: ignore[no-untyped-def]
         assert other.enroll(client, token, registration_lock_pin="9999").status_code == 423
     r = other.enroll(client, token, registration_lock_pin="4711-2342")
     assert r.status_code == 423 and "operator must clear" in r.text
+    text = client.get("/metrics").text  # counted per fleet: the wrong PINs and the one lock-out
+    assert metric(text, "e2ee_registration_lockouts_total", fleet="plant-north") == 1
+    assert metric(text, "e2ee_registration_lock_failures_total", fleet="plant-north") >= settings.registration_lock_attempts
     assert client.delete("/devices/pump-1/registration-lock", headers=OPERATOR).status_code == 204
     assert other.enroll(client, token).status_code == 201
     assert client.get("/devices/pump-1", headers=OPERATOR).json()["registration_lock"] is False

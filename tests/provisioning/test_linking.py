@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from enrollment_support import enroll_micropython_device
-from service_support import OPERATOR_KEY
+from service_support import OPERATOR_KEY, metric
 from support import DEVICE_TESTS, ROOT
 
 from e2ee import crypto
@@ -119,6 +119,10 @@ def test_link_a_micropython_device_by_qr(live_server, micropython, tmp_path) -> 
         sender.bundle("acme-valve-7")
     assert e.value.status == 410
     valve.close()
+    text = httpx.get(url + "/metrics").text  # the link and the owner's revocation, counted per fleet
+    assert metric(text, "e2ee_links_total", fleet=FLEET) == 1
+    assert metric(text, "e2ee_revocations_total", fleet=FLEET) == 1
+    assert metric(text, "e2ee_devices_revoked", fleet=FLEET) == 1
 
 
 def test_link_refusals(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]

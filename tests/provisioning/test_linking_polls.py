@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from service_support import metric
 
 from e2ee.protocol.keys import KeyStore
 from e2ee_host.client import ApiError, DeviceClient, OperatorClient, ServiceClient
@@ -53,9 +54,7 @@ def _init(url: str, directory: Path, device_id: str, owner: str = "") -> Path:
 
 
 def _rate_limited(url: str) -> int:
-    text = httpx.get(url + "/metrics", headers={"X-API-Key": OPERATOR_KEY}).text
-    (line,) = [x for x in text.splitlines() if x.startswith("e2ee_enrollments_rate_limited_total ")]
-    return int(line.split()[1])
+    return int(metric(httpx.get(url + "/metrics").text, "e2ee_enrollments_rate_limited_total"))
 
 
 def _link_qr(url: str, directory: Path, timeout: float) -> tuple[subprocess.Popen[str], str]:

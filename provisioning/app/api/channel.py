@@ -40,7 +40,7 @@ from e2ee.transport import topics
 from e2ee_provisioning.api.deps import (
     AuthenticatedDevice, Requester, SignedHeaders, bundle_rate_allows, verify_signed,
 )
-from e2ee_provisioning.api.routes import enrollment, health, keys, links, revocations
+from e2ee_provisioning.api.routes import enrollment, health, keys, links, reports, revocations
 from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
 from e2ee_provisioning.core.security import timestamp_ms
 from e2ee_provisioning.models import (
@@ -155,10 +155,8 @@ class ServiceChannel:
         except Exception as e:  # a fault of ours: the asker learns it, the worker goes on
             log.error("service channel: %s on %s", type(e).__name__, topic)
             answer = {"id": rid, "status": 500, "detail": "internal error"}
-        metrics = self.app.state.metrics
-        metrics.inc("e2ee_channel_requests_total")
-        if answer["status"] != 200:
-            metrics.inc("e2ee_channel_requests_refused_total")
+        self.app.state.metrics.inc("e2ee_channel_requests_total", kind="device" if kind == "svc" else "claim",
+                                   status="%dxx" % (answer["status"] // 100))
         self.app.state.broker.publish_answer(answer_topic, json.dumps(answer, separators=(",", ":")).encode())
         if after is not None:
             after()
@@ -195,6 +193,11 @@ class ServiceChannel:
             upload = _json_body(PrekeyUpload, request.body)
             auth = AuthenticatedDevice(device, timestamp_ms(request.ts))
             return keys.upload_prekeys(upload, auth, session, state.settings, state.metrics).model_dump(mode="json")
+        if route == ("POST", "/reports"):
+            report = _json_body(reports.ClientReport, request.body)
+            reports.record_report(report, AuthenticatedDevice(device, timestamp_ms(request.ts)), state.report_buckets,
+                                  state.metrics)
+            return {}
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the service channel has no %s %s" % route)
 
     # --- claims: e2ee/v1/<fleet>/enroll/<claim id>/req ---

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from e2ee.protocol.envelope import MAX_ENVELOPE
 from e2ee.transport import topics
+from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.models import DEVICE_ID_MAX, Device, RelayClient, RelayMessage, utcnow
 
 __all__ = ["MAX_BACKLOG", "RelayBridge"]
@@ -34,8 +35,9 @@ _DEVICE_ID = re.compile(r"^[A-Za-z0-9._-]{1,%d}$" % DEVICE_ID_MAX)
 class RelayBridge:
     """`on_inbox` goes to the broker admin (e2ee_host.broker.DynSec(on_inbox=...)) before it connects."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], metrics: Metrics | None = None) -> None:
         self._sessions = sessions
+        self._metrics = metrics or Metrics()
         self._dropped = 0  # envelopes dropped on full backlogs since the start
 
     def on_inbox(self, fleet: str, device_id: str, payload: bytes) -> None:
@@ -46,8 +48,10 @@ class RelayBridge:
         try:
             sender, envelope = topics.unframe(payload)
         except ValueError:
+            self._metrics.inc("e2ee_relay_envelopes_dropped_total", reason="not_an_envelope")
             return
         if not _DEVICE_ID.match(sender) or not 0 < len(envelope) <= MAX_ENVELOPE:
+            self._metrics.inc("e2ee_relay_envelopes_dropped_total", reason="not_an_envelope")
             return
         with self._sessions() as session:
             device_pk = session.scalar(select(Device.id).join(RelayClient, RelayClient.device_pk == Device.id)
@@ -58,6 +62,7 @@ class RelayBridge:
                                      .where(RelayMessage.device_pk == device_pk))
             if backlog is not None and backlog >= MAX_BACKLOG:
                 self._dropped += 1
+                self._metrics.inc("e2ee_relay_envelopes_dropped_total", reason="backlog_full")
                 if self._dropped % 1000 == 1:  # a flood does not flood the log too
                     log.warning("relay backlog of %s is full (%d envelopes): envelope dropped (%d so far)",
                                 device_id, backlog, self._dropped)
@@ -65,3 +70,4 @@ class RelayBridge:
             session.add(RelayMessage(device_pk=device_pk, sender=sender, envelope=bytes(envelope),
                                      received_at=utcnow()))
             session.commit()
+        self._metrics.inc("e2ee_relay_envelopes_stored_total", fleet=fleet)

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from e2ee_host.backup import BackupError, read_params
 from e2ee_provisioning.api.deps import (
-    DeviceAuth, DeviceBackupAuth, EnrollRateLimit, OperatorAuth, SessionDep, SettingsDep, accept_signed_write,
-    backup_body, device_is_revoked,
+    DeviceAuth, DeviceBackupAuth, EnrollRateLimit, MetricsDep, OperatorAuth, SessionDep, SettingsDep,
+    accept_signed_write, backup_body, device_is_revoked,
 )
 from e2ee_provisioning.core.blobstore import BlobStore
 from e2ee_provisioning.models import Backup, BackupFetch, BackupParams, Device, utcnow
@@ -55,7 +55,7 @@ def _own(auth: DeviceAuth | DeviceBackupAuth, device_id: str) -> None:
 
 @router.put("/{device_id}", response_model=BackupParams)
 def put_backup(device_id: str, request: Request, auth: DeviceBackupAuth, session: SessionDep,
-               body: Annotated[bytes, Depends(backup_body)]) -> BackupParams:
+               body: Annotated[bytes, Depends(backup_body)], metrics: MetricsDep) -> BackupParams:
     """Body: SHA-256 of the fetch token (32 bytes) || the blob (e2ee_host.backup format)."""
     _own(auth, device_id)
     auth_sha256, blob = body[:_AUTH_HASH_SIZE], body[_AUTH_HASH_SIZE:]
@@ -76,6 +76,7 @@ def put_backup(device_id: str, request: Request, auth: DeviceBackupAuth, session
     backup.auth_sha256, backup.failures, backup.updated_at = auth_sha256.hex(), 0, utcnow()
     session.add(backup)
     session.commit()
+    metrics.inc("e2ee_backup_uploads_total", fleet=device.fleet)
     log.info("backup of %s stored (%d bytes)", device_id, len(blob))
     return _params(backup)
 
@@ -94,7 +95,7 @@ def get_params(device_id: str, session: SessionDep) -> BackupParams:
 @router.post("/{device_id}/fetch", dependencies=[EnrollRateLimit], response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}}}})
 def fetch_backup(device_id: str, body: BackupFetch, request: Request, session: SessionDep,
-                 settings: SettingsDep) -> Response:
+                 settings: SettingsDep, metrics: MetricsDep) -> Response:
     device = _device(session, device_id)
     if device_is_revoked(session, device):
         raise HTTPException(status.HTTP_410_GONE, "device is revoked")
@@ -103,18 +104,23 @@ def fetch_backup(device_id: str, body: BackupFetch, request: Request, session: S
     # (issue 12, finding 11)
     backup = _backup(session, device, for_update=True)
     if backup.failures >= settings.backup_fetch_attempts:
+        metrics.inc("e2ee_backup_fetches_total", fleet=device.fleet, result="locked")
         raise HTTPException(status.HTTP_423_LOCKED, "backup locked after too many wrong passphrases; an operator "
                             "must unlock it")
     if not hmac.compare_digest(hashlib.sha256(body.auth).hexdigest(), backup.auth_sha256):
         left = settings.backup_fetch_attempts - backup.failures - 1
         session.execute(update(Backup).where(Backup.id == backup.id).values(failures=Backup.failures + 1))
         session.commit()
+        metrics.inc("e2ee_backup_fetches_total", fleet=device.fleet, result="wrong_passphrase")
+        if left == 0:
+            metrics.inc("e2ee_backup_lockouts_total", fleet=device.fleet)
         log.warning("wrong backup fetch token for %s", device_id)
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong passphrase (%d attempts left)" % left)
     blob = _store(request).get(backup.blob_name)
     if backup.failures:
         backup.failures = 0
         session.commit()
+    metrics.inc("e2ee_backup_fetches_total", fleet=device.fleet, result="ok")
     return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
 

@@ -103,7 +103,7 @@ def post_claims(claim_in: ClaimCreate, request: Request, session: SessionDep, me
     if claim_in.mqtt:
         from e2ee_provisioning.api.channel import provision_claim_credentials
         provision_claim_credentials(session, broker, claims, tokens)
-    metrics.inc("e2ee_enrollment_claims_created_total", len(claims))
+    metrics.inc("e2ee_enrollment_claims_created_total", len(claims), fleet=claim_in.fleet)
     return ClaimsCreated(claims=[to_public(c) for c in claims], tokens=tokens)
 
 
@@ -126,7 +126,7 @@ def post_revoke(claim_id: ClaimId, body: RevokeRequest, request: Request, sessio
     public = to_public(claim)
     session.rollback()  # ends the read that reloaded the claim: SQLite's BEGIN IMMEDIATE holds the lock
     if first:
-        metrics.inc("e2ee_enrollment_claims_revoked_total")
+        metrics.inc("e2ee_enrollment_claims_revoked_total", fleet=claim.fleet)
         log.info("claim %d of fleet %s revoked (%d of %d enrollments used)", claim.id, claim.fleet, claim.used,
                  claim.quota)
     for hook in request.app.state.claim_revoked_hooks:

@@ -93,7 +93,7 @@ def revoke_and_notify(request: Request, session: Session, ca: object, metrics: M
     if device_is_revoked(session, device):
         raise HTTPException(status.HTTP_409_CONFLICT, "device is already revoked")
     serials, version = revoke(session, device, reason, ca)
-    metrics.inc("e2ee_revocations_total")
+    metrics.inc("e2ee_revocations_total", fleet=device.fleet)
     metrics.inc("e2ee_revocation_lists_signed_total")
     log.info("revoked %s (%d certificates); revocation list version %d", device.device_id, len(serials), version)
     broker: BrokerAdmin | None = request.app.state.broker

@@ -149,7 +149,9 @@ def _check_registration_lock(session: Session, device: Device, req: EnrollmentRe
         session.execute(update(Device).where(Device.id == device.id)
                         .values(lock_failures=Device.lock_failures + 1))
         session.commit()
-        metrics.inc("e2ee_registration_lock_failures_total")
+        metrics.inc("e2ee_registration_lock_failures_total", fleet=device.fleet)
+        if left == 0:
+            metrics.inc("e2ee_registration_lockouts_total", fleet=device.fleet)
         raise _refuse(metrics, status.HTTP_423_LOCKED, "registration lock: wrong PIN (%d attempts left)" % left)
 
 
@@ -307,7 +309,7 @@ def enroll(req: EnrollmentRequest, *, session: Session, settings: Settings, metr
     except IntegrityError:
         session.rollback()
         raise _refuse(metrics, status.HTTP_409_CONFLICT, "device was enrolled concurrently; retry")
-    metrics.inc("e2ee_enrollments_total")
+    metrics.inc("e2ee_enrollments_total", fleet=device.fleet)
     if retire_spent_claim:
         _retire_spent_claim(session, broker, claim)
     log.info("enrolled %s in fleet %s: certificate %s until %d%s", device.device_id, device.fleet, serial.hex(),

@@ -97,7 +97,7 @@ def upload_prekeys(upload: PrekeyUpload, auth: DeviceAuth, session: SessionDep, 
                                  spk_sig=base.spk_sig, uploaded_at=utcnow()))
     session.add_all([OneTimePrekey(device_pk=device.id, opk_id=b.opk_id, opk_pub=b.opk_pub) for b in with_opks])
     session.commit()
-    metrics.inc("e2ee_prekey_uploads_total")
+    metrics.inc("e2ee_prekey_uploads_total", fleet=device.fleet)
     return inventory(session=session, settings=settings, device=device)
 
 
@@ -158,7 +158,7 @@ def serve_bundle(*, session: Session, metrics: Metrics, requester: Device | None
     bundle = keys.PrekeyBundle(device.ik_pub, device.is_pub, spk.spk_id, spk.spk_pub, spk.spk_sig,
                                *(taken or (None, None)))
     session.commit()
-    metrics.inc("e2ee_bundle_fetches_total")
+    metrics.inc("e2ee_bundle_fetches_total", fleet=device.fleet)
     if taken is None:
-        metrics.inc("e2ee_bundle_fetches_without_one_time_prekey_total")
+        metrics.inc("e2ee_bundle_fetches_without_one_time_prekey_total", fleet=device.fleet)
     return BundlePublic(device_id=device.device_id, bundle=bundle.to_bytes(), one_time_prekey=taken is not None)

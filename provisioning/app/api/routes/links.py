@@ -91,7 +91,7 @@ def _belongs(session: Session, device: Device, owner: str) -> bool:
 
 
 @router.post("/links", status_code=status.HTTP_201_CREATED)
-def post_link(body: LinkApproval, auth: DeviceAuth, session: SessionDep) -> dict[str, str]:
+def post_link(body: LinkApproval, auth: DeviceAuth, session: SessionDep, metrics: MetricsDep) -> dict[str, str]:
     """The owner's primary (a device of that owner) records a link, with its signature and the
     new device's consent (docs/linking.md §3)."""
     primary = auth.device
@@ -130,6 +130,7 @@ def post_link(body: LinkApproval, auth: DeviceAuth, session: SessionDep) -> dict
     session.add(Link(owner=body.owner, device_pk=device.id, primary_pk=primary.id, approval=body.approval,
                      created_at=utcnow()))
     session.commit()
+    metrics.inc("e2ee_links_total", fleet=device.fleet)
     log.info("linked %s to owner %s (approved by %s)", device.device_id, body.owner, primary.device_id)
     return {"owner": body.owner, "device_id": device.device_id}
 

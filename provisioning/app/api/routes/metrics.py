@@ -1,43 +1,20 @@
-"""Prometheus text exposition of counts only: counters since start and gauges read from the
-database. No label carries an identifier (device id, fingerprint, key, token)."""
+"""GET /metrics: the Prometheus exposition of the service's registry (core/metrics.py): counters
+since start, request and broker-command histograms, and gauges read from the database and the
+broker admin at scrape time. Counts only; no label carries an identifier."""
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Response
+from prometheus_client import generate_latest
 
-from e2ee_provisioning.api.deps import MetricsDep, SessionDep, SettingsDep
-from e2ee_provisioning.core.metrics import COUNTERS
-from e2ee_provisioning.models import Device, EnrollmentClaim, OneTimePrekey, Revocation, SignedPrekey
+from e2ee_provisioning.api.deps import MetricsDep
 
 router = APIRouter(tags=["metrics"])
 
-
-def _gauges(session: Session, threshold: int) -> dict[str, tuple[str, int]]:
-    stock = (select(OneTimePrekey.device_pk, func.count().label("n"))
-             .group_by(OneTimePrekey.device_pk).subquery())
-    low = session.scalar(
-        select(func.count()).select_from(Device)
-        .join(SignedPrekey, SignedPrekey.device_pk == Device.id)
-        .outerjoin(stock, stock.c.device_pk == Device.id)
-        .where(func.coalesce(stock.c.n, 0) < threshold))
-    return {
-        "e2ee_devices": ("Registered devices", session.scalar(select(func.count(Device.id))) or 0),
-        "e2ee_devices_revoked": ("Revoked devices", session.scalar(select(func.count(Revocation.id))) or 0),
-        "e2ee_devices_prekey_inventory_low": (
-            "Devices with a signed prekey and fewer one-time prekeys than the replenish threshold", low or 0),
-        "e2ee_one_time_prekeys_stored": (
-            "One-time prekeys stored, all devices", session.scalar(select(func.count(OneTimePrekey.id))) or 0),
-        "e2ee_enrollment_claims": ("Enrollment claims", session.scalar(select(func.count(EnrollmentClaim.id))) or 0),
-    }
+# The classic text format, which every Prometheus version reads (the names are all legacy-valid,
+# so prometheus_client's text is the same in either version).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(session: SessionDep, counters: MetricsDep, settings: SettingsDep) -> str:
-    lines = []
-    for name, value in counters.snapshot().items():
-        lines += ["# HELP %s %s" % (name, COUNTERS[name]), "# TYPE %s counter" % name, "%s %d" % (name, value)]
-    for name, (help_text, value) in _gauges(session, settings.replenish_threshold).items():
-        lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name, "%s %d" % (name, value)]
-    return "\n".join(lines) + "\n"
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE)

@@ -10,7 +10,9 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import Field
 from sqlalchemy import delete, select
 
-from e2ee_provisioning.api.deps import MAX_SQL_INTEGER, DeviceAuth, RelayId, SessionDep, device_is_revoked
+from e2ee_provisioning.api.deps import (
+    MAX_SQL_INTEGER, DeviceAuth, MetricsDep, RelayId, SessionDep, device_is_revoked,
+)
 from e2ee_provisioning.core.broker import BrokerError
 from e2ee_provisioning.models import Device, RelayClient, RelayMessage, RelayMessagePublic, RelaySend, utcnow
 
@@ -44,7 +46,8 @@ def register(request: Request, auth: DeviceAuth, session: SessionDep) -> None:
 
 
 @router.post("/messages", status_code=status.HTTP_202_ACCEPTED)
-def send(body: RelaySend, request: Request, auth: DeviceAuth, session: SessionDep) -> dict[str, str]:
+def send(body: RelaySend, request: Request, auth: DeviceAuth, session: SessionDep,
+         metrics: MetricsDep) -> dict[str, str]:
     broker = _broker(request)
     fleet = body.fleet or auth.device.fleet
     if fleet != auth.device.fleet:
@@ -58,6 +61,7 @@ def send(body: RelaySend, request: Request, auth: DeviceAuth, session: SessionDe
         broker.publish_inbox(fleet, body.to, auth.device.device_id, body.envelope)
     except (BrokerError, RuntimeError, ValueError):
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the broker did not take the message; retry")
+    metrics.inc("e2ee_relay_envelopes_sent_total", fleet=fleet)
     return {"to": body.to}
 
 
@@ -73,7 +77,8 @@ def fetch(auth: DeviceAuth, session: SessionDep, after: RelayId = 0) -> list[Rel
 
 
 @router.delete("/messages", status_code=status.HTTP_204_NO_CONTENT)
-def acknowledge(auth: DeviceAuth, session: SessionDep, ids: AckIds = [], up_to: RetiredUpTo = None) -> None:
+def acknowledge(auth: DeviceAuth, session: SessionDep, metrics: MetricsDep, ids: AckIds = [],
+                up_to: RetiredUpTo = None) -> None:
     """The client has the envelopes with these ids: the service forgets them. Only the named ids
     of this device go, never a range that could hold an envelope stored after the fetch; ids that
     are gone already (a retried acknowledgement) or not this device's are ignored."""
@@ -82,5 +87,7 @@ def acknowledge(auth: DeviceAuth, session: SessionDep, ids: AckIds = [], up_to: 
                             "up_to is no longer accepted: acknowledge the fetched envelopes by id (?id=N&id=M)")
     if not ids:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "name the fetched envelopes to acknowledge (?id=N)")
-    session.execute(delete(RelayMessage).where(RelayMessage.device_pk == auth.device.id, RelayMessage.id.in_(ids)))
+    gone = session.execute(delete(RelayMessage).where(RelayMessage.device_pk == auth.device.id,
+                                                      RelayMessage.id.in_(ids)))
     session.commit()
+    metrics.inc("e2ee_relay_envelopes_acknowledged_total", max(0, gone.rowcount), fleet=auth.device.fleet)  # type: ignore[attr-defined]
