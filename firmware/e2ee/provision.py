@@ -163,21 +163,13 @@ def prekeys(path, ts, spk=True, new=0):
         sent = int(config.get(_UPLOADED))
     except NotFound:
         sent = 0
-    opks = []
-    for i, pub in ks.one_time_prekey_publics():
-        if i > sent and len(opks) < _UPLOAD_BATCH:
-            opks.append({"opk_id": i, "opk_pub": _b64(pub)})
-    doc = {"one_time_prekeys": opks}
-    if spk:
-        b = ks.bundle()
-        doc["signed_prekey"] = {"spk_id": b.spk_id, "spk_pub": _b64(b.spk_pub), "spk_sig": _b64(b.spk_sig)}
+    from e2ee.upkeep import upload_body
+    body, last, count = upload_body(ks, sent, _UPLOAD_BATCH, spk)
     ks = None
-    body = json.dumps(doc)
-    doc = None
     ts = _timestamp(config, ts)
-    signature = _keystore().sign(enrollment.request_message("POST", path, ts, device_id, body.encode()))
-    last = opks[-1]["opk_id"] if opks else sent
-    return json.dumps({"body": body, "signature": _b64(signature), "last_opk": last, "count": len(opks), "ts": ts})
+    signature = _keystore().sign(enrollment.request_message("POST", path, ts, device_id, body))
+    return json.dumps({"body": body.decode(), "signature": _b64(signature), "last_opk": last, "count": count,
+                       "ts": ts})
 
 
 # After the service accepted an upload: one-time prekeys up to last_opk are published.

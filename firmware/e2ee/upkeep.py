@@ -155,17 +155,7 @@ class Upkeep:
             ks.generate_one_time_prekeys(want - len(fresh))
             self.sessions.save_keys()  # before the service hands them out
         self._held = ks.one_time_prekey_count()
-        opks = []
-        for i, pub in ks.one_time_prekey_publics():
-            if i > sent and len(opks) < want:
-                opks.append({"opk_id": i, "opk_pub": _b64(pub)})
-        doc = {"one_time_prekeys": opks}
-        if spk:
-            b = ks.bundle()
-            doc["signed_prekey"] = {"spk_id": b.spk_id, "spk_pub": _b64(b.spk_pub), "spk_sig": _b64(b.spk_sig)}
-        last = opks[-1]["opk_id"] if opks else sent
-        body = json.dumps(doc).encode()
-        doc = opks = None
+        body, last, _ = upload_body(ks, sent, want, spk)
         self._send(self.service.upload_prekeys, lambda status, answer: self._uploaded(status, answer, last, spk),
                    body)
 
@@ -181,6 +171,22 @@ class Upkeep:
         else:
             self._event("prekey upload refused: %d %s" % (status, doc))
             self._later(_RETRY)
+
+
+# The key-directory upload (the JSON body of POST /keys, docs/provisioning.md "Key directory") of
+# up to `limit` one-time prekeys of keystore `ks` with ids above `sent`, and its current signed
+# prekey when spk: (body bytes, the highest id it carries (else sent), how many it carries).
+# e2ee.provision's factory uploads build theirs here too.
+def upload_body(ks, sent, limit, spk):
+    opks = []
+    for i, pub in ks.one_time_prekey_publics():
+        if i > sent and len(opks) < limit:
+            opks.append({"opk_id": i, "opk_pub": _b64(pub)})
+    doc = {"one_time_prekeys": opks}
+    if spk:
+        b = ks.bundle()
+        doc["signed_prekey"] = {"spk_id": b.spk_id, "spk_pub": _b64(b.spk_pub), "spk_sig": _b64(b.spk_sig)}
+    return json.dumps(doc).encode(), opks[-1]["opk_id"] if opks else sent, len(opks)
 
 
 def _b64(data):

@@ -278,6 +278,15 @@ def claim_role(fleet: str, claim_id: int) -> dict[str, Any]:
     ]}
 
 
+def _hand_over(worker_queue: queue.Queue[Any], msg: Any, full: str) -> None:
+    """A received message to its worker; on a full queue it stays unacknowledged: the broker sends
+    it again on the next connection."""
+    try:
+        worker_queue.put_nowait(msg)
+    except queue.Full:
+        log.warning(full, MAX_INBOX_BACKLOG)
+
+
 class DynSec:
     """Admin of the broker's dynamic-security plugin: commands on $CONTROL/dynamic-security/v1,
     answers matched by correlation data. Implements the provisioning service's BrokerAdmin.
@@ -464,18 +473,10 @@ class DynSec:
             self._cond.notify_all()
 
     def _on_inbox_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        try:
-            self._inbox.put_nowait(msg)
-        except queue.Full:  # not acknowledged: the broker sends it again on the next connection
-            log.warning("relay backlog full (%d messages): one inbox message left at the broker",
-                        MAX_INBOX_BACKLOG)
+        _hand_over(self._inbox, msg, "relay backlog full (%d messages): one inbox message left at the broker")
 
     def _on_request_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        try:
-            self._requests.put_nowait(msg)
-        except queue.Full:  # not acknowledged: the broker sends it again on the next connection
-            log.warning("service channel backlog full (%d requests): one request left at the broker",
-                        MAX_INBOX_BACKLOG)
+        _hand_over(self._requests, msg, "service channel backlog full (%d requests): one request left at the broker")
 
     # --- the request worker: serve (answers published from there), then acknowledge ---
 

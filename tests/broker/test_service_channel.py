@@ -82,18 +82,22 @@ class Channel:
         if answer_topic is not None:
             self.client.subscribe(answer_topic, 1)
 
-    def wait(self, rid: str | None, timeout: float = 10.0) -> dict[str, Any] | None:
+    def pump(self, done: Any, timeout: float = 10.0) -> None:
+        """Reads what arrives (to the client's callback) until done() or the timeout."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for answer in self.answers:
-                if answer.get("id") == rid:
-                    self.answers.remove(answer)
-                    return answer
+        while not done() and time.monotonic() < deadline:
             self.client.sock.settimeout(0.1)
             try:
                 self.client.check_msg()
             except OSError:
                 pass
+
+    def wait(self, rid: str | None, timeout: float = 10.0) -> dict[str, Any] | None:
+        self.pump(lambda: any(a.get("id") == rid for a in self.answers), timeout)
+        for answer in self.answers:
+            if answer.get("id") == rid:
+                self.answers.remove(answer)
+                return answer
         return None
 
     def ask(self, payload: bytes, rid: str | None, timeout: float = 10.0) -> dict[str, Any] | None:
@@ -380,13 +384,7 @@ def test_malformed_and_replayed_requests_get_error_answers(system, devices) -> N
         ch.client.set_callback(lambda topic, data: svc.handle(topic, data))
         got: list[tuple[int, Any]] = []
         svc.inventory(lambda status, doc: got.append((status, doc)))
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            ch.client.sock.settimeout(0.1)
-            try:
-                ch.client.check_msg()
-            except OSError:
-                pass
+        ch.pump(lambda: got)
         assert got and got[0][0] == 200 and got[0][1]["device_id"] == "pump-a"
         # counted, without content: requests and refusals
         text = httpx.get(system.service.url + "/metrics").text
@@ -525,23 +523,11 @@ def test_a_board_without_a_clock_takes_the_services_time_before_signing(system, 
             svc.inventory(lambda status, doc: None)  # nothing to sign a timestamp with yet
         got: list[tuple[int, Any]] = []
         svc.sync_time(lambda status, doc: got.append((status, doc)))
-        deadline = time.monotonic() + 10
-        while len(got) < 1 and time.monotonic() < deadline:
-            ch.client.sock.settimeout(0.1)
-            try:
-                ch.client.check_msg()
-            except OSError:
-                pass
+        ch.pump(lambda: got)
         assert got and got[0][0] == 200
         assert abs(svc.now_ms() - time.time() * 1000) < 2000  # type: ignore[operator]
         svc.inventory(lambda status, doc: got.append((status, doc)))
-        deadline = time.monotonic() + 10
-        while len(got) < 2 and time.monotonic() < deadline:
-            ch.client.sock.settimeout(0.1)
-            try:
-                ch.client.check_msg()
-            except OSError:
-                pass
+        ch.pump(lambda: len(got) == 2)
         assert len(got) == 2 and got[1][0] == 200 and got[1][1]["device_id"] == "pump-b"
     finally:
         ch.close()
