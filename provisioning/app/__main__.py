@@ -7,13 +7,13 @@ setting and the rule, never the value, which may be a key."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
 from e2ee_provisioning.core.config import Settings
+from e2ee_provisioning.core.logs import configure_logging
 from e2ee_provisioning.main import create_app
 
 # Exit status for a configuration the service refuses (as argparse's for a bad command line).
@@ -38,9 +38,9 @@ def main() -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args()
     settings = _settings()
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    configure_logging(args.log_level, settings.log_format)
+    # log_config=None: uvicorn's loggers keep the one handler and format configured here
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None)
 
 
 if __name__ == "__main__":

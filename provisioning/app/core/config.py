@@ -99,6 +99,8 @@ class Settings(DatabaseSettings):
     s3_region: str = "us-east-1"
     max_backup_bytes: int = Field(4 * 1024 * 1024 + 64, ge=1024)
     backup_fetch_attempts: int = Field(10, ge=1, le=1000)
+    # Log lines (python -m e2ee_provisioning): "text" or "json", one object per line (core/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
