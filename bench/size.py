@@ -24,15 +24,17 @@ from e2ee_host.virtual_board import BOARD_PROFILES, MPY_SDK_HEAP_KB
 
 ARCHES = ("xtensawin", "armv6m")
 
-# What a device application imports: the crypto suite resolved, the protocol core, provisioning.
+# What a device application imports: the crypto suite resolved, the protocol core with delivery,
+# the device runtime and its MQTT link, provisioning.
 IMPORT_ALL = """
 import gc
 gc.collect()
 before = gc.mem_free()
 from e2ee import crypto
 crypto.default.resolve()
-from e2ee.protocol import session, certificate, enrollment, store, keys, envelope, ratchet, x3dh
-from e2ee import board, provision
+from e2ee.protocol import session, certificate, enrollment, store, keys, envelope, ratchet, x3dh, delivery
+from e2ee import board, device, provision
+from e2ee.transport import link, mqtt
 gc.collect()
 print(before, gc.mem_free())
 """
@@ -82,9 +84,10 @@ def main() -> int:
         "without e2ee/crypto/_host.py (CPython only) and e2ee/crypto/_pure/ (a port without native code gets "
         "_pure instead of _viper: %d bytes; with the C module built in, neither); host code (e2ee_host, "
         "e2ee_provisioning, protobuf) is never compiled into it." % pure_backend_bytes(),
-        "Heap after importing the SDK an application uses (crypto suite resolved, protocol core, provisioning "
-        "agent) from .mpy on the virtual ESP32 board (unix port, %dK heap = the %d KB ESP32 budget + %d KB for "
-        ".mpy bytecode in RAM): the import holds %d bytes, %d bytes stay free." % (
+        "Heap after importing the SDK an application uses (crypto suite resolved, protocol core with delivery, "
+        "device runtime, MQTT link, provisioning agent) from .mpy on the virtual ESP32 board (unix port, %dK "
+        "heap = the %d KB ESP32 budget + %d KB for .mpy bytecode in RAM): the import holds %d bytes, %d bytes "
+        "stay free." % (
             budget + MPY_SDK_HEAP_KB, budget, MPY_SDK_HEAP_KB, held, after),
         "Loaded from .mpy the SDK's code lives in the heap; frozen into the firmware (boards/*/manifest.py) it "
         "stays in flash, and the whole stack then holds about 52 KB of a 120 KB heap (local frozen check above), "

@@ -4,9 +4,10 @@ It starts the project's Mosquitto (broker-config/, dynamic security, own port) a
 provisioning service (SQLite, own Fleet CA) in a temporary directory; flashes two virtual ESP32
 boards (the MicroPython unix port behind a pty, driven by mpremote) and provisions them: their
 keys are made on the boards, enrollment proves possession, the service creates their broker
-clients. A CPython host client enrolls too. Then they talk through the broker: the host to each
-board, a board to the host, board to board; an admin sniffer on the broker prints what the broker
-sees, which is ciphertext only. Finally the operator revokes one board: the broker cuts it off and
+clients. A CPython host client enrolls too. Then they talk through the broker with end-to-end
+delivery (docs/protocol.md §8: each message kept until the recipient's encrypted receipt): the
+host to each board, a board to the host, board to board; an admin sniffer on the broker prints
+what the broker sees, which is ciphertext only. Finally the operator revokes one board: the broker cuts it off and
 the host, holding the new signed revocation list, refuses it. Everything started is stopped and
 the temporary directory removed.
 """
@@ -19,11 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from e2ee.protocol import session as session_mod
+from e2ee.protocol.delivery import DELIVERED, Delivery
 from e2ee.protocol.keys import KeyStore
 from e2ee.protocol.session import SessionManager
 from e2ee.protocol.trust import TrustStore
@@ -31,7 +34,7 @@ from e2ee_host import board_link, resources
 from e2ee_host.broker import MosquittoProcess
 from e2ee_host.client import DeviceClient, OperatorClient
 from e2ee_host.service import ServiceProcess
-from e2ee_host.transport import HostLink
+from e2ee_host.transport import HostLink, TransportError
 from e2ee_host.virtual_board import VirtualBoard
 
 APP = resources.folder("firmware/examples") / "mqtt_device.py"
@@ -167,28 +170,64 @@ def run(tmp: Path) -> None:
             trust.update_revocation_list(enrolled_host.revocation_list)
             trust.set_certificate(enrolled_host.certificate, int(time.time()), (host.keystore.ik_pub,
                                                                                  host.keystore.is_pub))
-            sessions = SessionManager(str(tmp / "host"), os.urandom(32), host.keystore, trust=trust)
+            storage_key = os.urandom(32)
+            sessions = SessionManager(str(tmp / "host"), storage_key, host.keystore, trust=trust)
             sessions.save_keys()
             link = HostLink(broker.host, broker.port, FLEET, HOST, enrolled_host.mqtt["password"]).connect()
             print("host:   %s enrolled (certificate %s), fingerprint %s" % (
                 HOST, enrolled_host.cert.serial.hex(), host.keystore.fingerprint().hex()))
 
+            def start(peer: str) -> None:  # a session from a fresh bundle and the peer's certificate
+                ident = host.signed("GET", "/identities/%s" % peer)
+                sessions.start(peer, host.bundle(peer), base64.b64decode(ident["certificate"]))
+
+            got: list[tuple[str, bytes]] = []
+            delivered: list[tuple[str, int]] = []
+
+            def on_message(sender: str, payload: memoryview) -> None:
+                got.append((sender, bytes(payload)))
+                print("host:   decrypted from %s: %s" % (sender, bytes(payload).decode()))
+
+            def on_status(peer: str, seq: int, status: str, reason: str | None) -> None:
+                if status == DELIVERED:
+                    delivered.append((peer, seq))
+                    print("host:   message %d to %s delivered (its encrypted receipt came back)" % (seq, peer))
+
+            outbox = Delivery(sessions, str(tmp / "host"), storage_key, HOST, starter=start, on_status=on_status)
+
+            def pump(until: Callable[[], bool], timeout: float = 10) -> None:
+                """The host's loop: receipts and messages out (flush), what arrived in (handle)."""
+                deadline = time.monotonic() + timeout
+                while True:
+                    outbox.flush(link.send)
+                    if until():
+                        return
+                    check(time.monotonic() < deadline, "the host waited %.0f s in vain" % timeout)
+                    try:
+                        sender, wire = link.receive(timeout=0.1)
+                    except TransportError:
+                        continue
+                    outbox.handle(sender, wire, on_message)
+
             # --- messages through the broker ---
             for app, text in zip(apps, ("open valve 1 at 07:00", "close valve 2 at 07:05")):
-                ident = host.signed("GET", "/identities/%s" % app.name)
-                sessions.start(app.name, host.bundle(app.name), base64.b64decode(ident["certificate"]))
                 print("host:   to %s: %s" % (app.name, text))
-                link.send(app.name, sessions.encrypt(app.name, text.encode()))
+                seq = outbox.send(app.name, text.encode())
+                outbox.flush(link.send)
                 app.ask("poll 1500", "polled")
+                pump(lambda app=app, seq=seq: (app.name, seq) in delivered)
             for app, text in zip(apps, ("valve 1 open, flow 12 l/min", "valve 2 closed")):
-                app.ask("send %s %s" % (HOST, text), "sent")
-                sender, envelope = link.receive()
-                print("host:   decrypted from %s: %s" % (sender, sessions.decrypt(sender, envelope).decode()))
+                app.ask("send %s %s" % (HOST, text), "queued")
+                app.ask("poll 1500", "polled")
+                pump(lambda app=app, text=text: (app.name, text.encode()) in got)
+                app.ask("poll 1500", "polled")  # the host's receipt
             a, b = apps
             b_cert = base64.b64decode(host.signed("GET", "/identities/%s" % b.name)["certificate"])
             a.ask("start %s %s %s" % (b.name, host.bundle(b.name).to_bytes().hex(), b_cert.hex()), "ok")
-            a.ask("send %s pressure low, open your bypass" % b.name, "sent")
+            a.ask("send %s pressure low, open your bypass" % b.name, "queued")
+            a.ask("poll 1500", "polled")
             b.ask("poll 1500", "polled")
+            a.ask("poll 1500", "polled")  # valve-2's receipt
 
             # --- revocation ---
             print("operator: revoking %s (reported stolen)" % b.name)

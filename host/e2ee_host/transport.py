@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 from typing import Any
@@ -51,7 +52,18 @@ def paho_client(owner: Any, client_id: str, user: str, password: str, *, clean_s
     client.on_connect = owner._on_connect
     client.on_subscribe = owner._on_subscribe
     client.on_disconnect = owner._on_disconnect
+    client.on_socket_open = _no_delay
     return client
+
+
+def _no_delay(client: Any, userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY on the broker connection: without it a PUBLISH written while the PUBACK of a
+    received message is not yet acknowledged waits for the broker's delayed ACK (about 40 ms;
+    a sender waiting for each PUBACK sent 25 messages a second)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket
+        pass
 
 
 class TransportError(RuntimeError):

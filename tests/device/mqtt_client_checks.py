@@ -315,11 +315,30 @@ def check_link_keepalive(host, port):
     link.close()
 
 
-# step() alone: connects, sees a reset, waits out the backoff, reconnects and resubscribes.
+# What the link tells a delivery layer (e2ee.device.Device): each connect, and a flush through
+# its own send() after each poll.
+class Delivery:
+    def __init__(self):
+        self.reconnects = self.flushes = 0
+        self.publish = None
+
+    def reconnected(self):
+        self.reconnects += 1
+
+    def flush(self, publish):
+        self.flushes += 1
+        self.publish = publish
+        return 0
+
+
+# step() alone: connects, sees a reset, waits out the backoff, reconnects and resubscribes; its
+# delivery layer hears of both connects and is flushed after every poll.
 def check_link_reset(host, port):
     clock = Clock()
-    link, got = new_link("link_reset", rng=lambda n: b"\x80")
+    delivery = Delivery()
+    link, got = new_link("link_reset", rng=lambda n: b"\x80", delivery=delivery)
     check(link.step() is True and link.connects == 1, "first step connects")
+    check(delivery.reconnects == 1 and delivery.flushes == 0, "connect: reconnected(), no flush yet")
     until(lambda: not link.step(), "the reset")
     check(isinstance(link.error, OSError) and link.error.args[0] == errno.ECONNRESET, "error %r" % link.error)
     check(link.client is None and link.step() is False, "down until the backoff wait is over")
@@ -329,6 +348,8 @@ def check_link_reset(host, port):
     check(link.step() is True and link.connects == 2, "reconnected after 375 ms")
     until(lambda: link.step() and got, "the message after the reconnect")
     check(got == [b"back"], "got %r" % got)
+    check(delivery.reconnects == 2, "reconnected() after the second connect")
+    check(delivery.flushes >= 1 and callable(delivery.publish), "polls flush")
     check(link.backoff() == 375, "backoff starts again after a connect")
     link.close()
 

@@ -22,6 +22,13 @@
 # `service` the link subscribes to its answer topic after every connect, hands what arrives there
 # to service.handle(), publishes its requests (publish()) and expires them in step().
 #
+# End-to-end delivery (docs/protocol.md §8): with `delivery` (an e2ee.device.Device, or a
+# protocol Delivery wrapped the same way: flush(publish), reconnected()) the link tells it of
+# every connect (messages on the way before may be lost: resent after their wait) and flushes it
+# after each poll's batch of packets, so the receipts of a batch go out in one message and the
+# next messages of the window follow. A flush publishes through send(): each publish waits for
+# its PUBACK (within `timeout`), nothing sleeps.
+#
 # The MQTT client class comes in by injection: micropython-lib's umqtt.simple.MQTTClient on a
 # board, or e2ee.transport.mqtt.MQTTClient (the same API; its packet counter `rx` lets the link
 # see a PINGRESP, which umqtt.simple does not report, so with umqtt.simple a dead connection is
@@ -67,9 +74,9 @@ class Link:
     # on_message(sender, envelope) for inbox messages; on_crl(data) for the revocation list.
     # rng(n) -> n random bytes for the backoff jitter (default os.urandom). timeout: seconds a
     # socket operation may block (connect, the waits for CONNACK, SUBACK, PUBACK), None: forever.
-    # log(text): where dropped messages are reported (default print). service: see above.
+    # log(text): where dropped messages are reported (default print). service, delivery: see above.
     def __init__(self, client_class, server, port, fleet, device_id, password, on_message, on_crl=None,
-                 keepalive=60, rng=None, timeout=30, log=None, service=None):
+                 keepalive=60, rng=None, timeout=30, log=None, service=None, delivery=None):
         self.fleet = fleet
         self.device_id = device_id
         self.keepalive = keepalive
@@ -79,6 +86,7 @@ class Link:
         self._on_message = on_message
         self._on_crl = on_crl
         self._service = service
+        self._delivery = delivery
         if service is not None:
             service.publish = self.publish
         self._crl_topic = topics.crl(fleet).encode()
@@ -97,6 +105,7 @@ class Link:
         self._tx = 0  # when the last packet was sent
         self._ping = None  # when an unanswered PINGREQ was sent
         self._ping_rx = 0  # the client's packet count then
+        self._poller = self._polled = None  # wait()'s select.poll, and the socket it watches
 
     def __repr__(self):
         return "<Link %s %s>" % (self.device_id, "up" if self.client else "down")
@@ -146,11 +155,14 @@ class Link:
         self.connects += 1
         self._delay = BACKOFF_FIRST_MS
         self._tx = _ticks()
+        if self._delivery is not None:
+            self._delivery.reconnected()
 
     # Forgets the client and closes its socket, without DISCONNECT (the connection is broken or
     # being replaced).
     def _drop(self):
         client, self.client, self._ping = self.client, None, None
+        self._poller = self._polled = None
         if client is not None and client.sock is not None:
             try:
                 client.sock.close()
@@ -193,7 +205,8 @@ class Link:
                 self.poll()
             return True
         except Exception as e:
-            self._fail(e)
+            if e is not self.error:  # publish() already dropped the connection for it
+                self._fail(e)
             return False
 
     # The connection is gone: keep why, close it, schedule the next attempt.
@@ -219,10 +232,10 @@ class Link:
             raise
         self._tx = _ticks()
 
-    # Handles what arrived (at most _POLL_MAX packets); sends PINGREQ when nothing was sent for
-    # half the keepalive; a PINGREQ unanswered for another half keepalive means a dead connection:
-    # OSError(ETIMEDOUT). Any error means the connection is broken: step() reconnects by itself,
-    # otherwise call connect_with_backoff().
+    # Handles what arrived (at most _POLL_MAX packets), then flushes the delivery layer; sends
+    # PINGREQ when nothing was sent for half the keepalive; a PINGREQ unanswered for another half
+    # keepalive means a dead connection: OSError(ETIMEDOUT). Any error means the connection is
+    # broken: step() reconnects by itself, otherwise call connect_with_backoff().
     def poll(self):
         client = self.client
         if client is None:
@@ -231,6 +244,8 @@ class Link:
             before = self.delivered + getattr(client, "rx", 0)
             if client.check_msg() is None and self.delivered + getattr(client, "rx", 0) == before:
                 break  # nothing was waiting
+        if self._delivery is not None:
+            self._delivery.flush(self.send)
         if not self.keepalive:
             return
         half = self.keepalive * 500
@@ -245,6 +260,18 @@ class Link:
             self._tx = _ticks()
             if hasattr(client, "rx"):
                 self._ping, self._ping_rx = self._tx, client.rx
+
+    # An idle main loop's pause: returns once something arrives for poll() or after ms
+    # milliseconds (at once when down), so the next message does not wait out a fixed sleep.
+    def wait(self, ms):
+        client = self.client
+        if client is None or client.sock is None:
+            return
+        if self._poller is None or self._polled is not client.sock:
+            import select
+            self._poller, self._polled = select.poll(), client.sock
+            self._poller.register(client.sock, select.POLLIN)
+        self._poller.poll(ms)
 
     # DISCONNECT and close; the persistent session keeps what arrives meanwhile.
     def close(self):

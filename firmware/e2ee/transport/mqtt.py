@@ -41,6 +41,11 @@ _SCRATCH = const(64)  # bytes: headers, acknowledgements, drain chunk
 # drained and dropped (the broker's max_packet_size, 16384, stops even larger ones).
 MAX_PACKET = const(9600)
 MAX_REMAINING = const(268435455)  # §2.2.3: the most four remaining-length bytes can say
+# Outgoing PUBLISH packets up to this size go out in one write: written in pieces, every piece
+# after the first waits for the broker to acknowledge the first (Nagle's algorithm meeting the
+# broker's delayed ACK), about 40 ms per message. Receipts and commands fit; a larger envelope is
+# written in pieces rather than copied whole.
+_ONE_WRITE = const(1024)
 
 
 class MQTTException(Exception):
@@ -304,15 +309,27 @@ class MQTTClient:
         topic = _b(topic)
         buf = self._buf
         buf[0] = _PUBLISH | qos << 1 | (1 if retain else 0)
-        i = _put_len(buf, 2 + len(topic) + len(msg) + (2 if qos else 0))
+        n = 2 + len(topic) + len(msg) + (2 if qos else 0)
+        i = _put_len(buf, n)
         struct.pack_into("!H", buf, i, len(topic))
-        self._out(self._mv[:i + 2])
-        self._out(topic)
-        if qos:
-            pid = self._next_pid()
-            struct.pack_into("!H", buf, 0, pid)
-            self._out(self._mv2)
-        self._out(msg)
+        pid = self._next_pid() if qos else 0
+        if i + n <= _ONE_WRITE:
+            packet = bytearray(i + n)
+            packet[:i + 2] = self._mv[:i + 2]
+            end = i + 2 + len(topic)
+            packet[i + 2:end] = topic
+            if qos:
+                struct.pack_into("!H", packet, end, pid)
+                end += 2
+            packet[end:] = msg
+            self._out(packet)
+        else:
+            self._out(self._mv[:i + 2])
+            self._out(topic)
+            if qos:
+                struct.pack_into("!H", buf, 0, pid)
+                self._out(self._mv2)
+            self._out(msg)
         if qos:
             while self._acked != pid:  # messages arriving meanwhile go to the callback
                 self.wait_msg()
