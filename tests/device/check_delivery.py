@@ -197,6 +197,24 @@ def main():
     assert [(s, st) for (_, s, st, _) in a.status[seen:]] == [(first + i, DELIVERED) for i in range(3)], a.status[seen:]
     assert [p for _, p in b.got[-3:]] == payloads(3, 300)
 
+    # Data that arrives while the receipt before it is being published (handed to handle() from
+    # inside publish) is receipted too, in the same flush: no message waits for a probe.
+    for m in payloads(2, 400):
+        a.d.send("bob", m)
+    a.d.flush(publish_from(a))
+    (_, s1, w1), (_, s2, w2) = WIRE
+    del WIRE[:]
+    b.d.handle(s1, w1, b.deliver)
+
+    def publish_reading_data(peer, wire):
+        WIRE.append((peer, "bob", bytes(wire)))
+        if len(WIRE) == 1:
+            b.d.handle(s2, w2, b.deliver)
+    b.d.flush(publish_reading_data)
+    assert len(WIRE) == 2, "no receipt for the message that came during the first one's publish"
+    pump()
+    assert a.d.pending("bob") == 0 and [p for _, p in b.got[-2:]] == payloads(2, 400)
+
     # A forced gap of 100 lost messages: bob cannot decrypt (TooManySkipped), asks alice for a
     # reset, alice starts a new session and resends; the next message decrypts.
     for _ in range(100):

@@ -387,10 +387,16 @@ class Delivery:
                     p.receipt.pop(0)  # no session to carry it: the sender sends again, then it is receipted
                     continue
             p.receipt_wire = (record, wire)
-            publish(p.peer, wire)
+            # no longer due while it is published: data that publish() hands to handle() meanwhile
+            # makes it due again (it was popped afterwards, so that data went unreceipted)
+            p.receipt.pop(0)
+            try:
+                publish(p.peer, wire)
+            except Exception:
+                if stream not in p.receipt:
+                    p.receipt.insert(0, stream)  # still due: sent as is at the next flush
+                raise
             p.receipt_wire = None
-            if p.receipt and p.receipt[0] == stream:
-                p.receipt.pop(0)
             count += 1
         if not p.seqs:
             return count
