@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.registry import Collector
@@ -109,6 +110,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._fleets: set[str] = set()
+        self._children: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._lock = threading.Lock()
         self._counters = {name: Counter(name, help_text, labels, registry=self.registry)
                           for name, (help_text, labels) in COUNTERS.items()}
@@ -161,13 +163,25 @@ class Metrics:
                 raise ValueError("label %s takes no value %r" % (name, value))
         return out
 
+    def _child(self, name: str, labels: dict[str, str]) -> Any:
+        """The series of `name` with `labels`, checked once and then cached (the labels' values
+        are bounded, and a fleet past the cap is not cached under its own name)."""
+        key = (name, tuple(labels.items()))
+        child = self._children.get(key)
+        if child is None:
+            metric = self._counters.get(name) or self._histograms[name]
+            names = COUNTERS[name][1] if name in self._counters else HISTOGRAMS[name][1]
+            values = self._labels(names, labels)
+            child = metric.labels(**values) if values else metric
+            if values == labels:
+                self._children[key] = child
+        return child
+
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        counter = self._counters[name]
-        values = self._labels(COUNTERS[name][1], labels)
-        (counter.labels(**values) if values else counter).inc(amount)
+        self._child(name, labels).inc(amount)
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
-        self._histograms[name].labels(**self._labels(HISTOGRAMS[name][1], labels)).observe(seconds)
+        self._child(name, labels).observe(seconds)
 
     def observe_broker(self, command: str, seconds: float, ok: bool) -> None:
         """The broker admin's observer (e2ee_host.broker.DynSec(observe=...))."""
