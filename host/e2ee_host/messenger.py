@@ -39,6 +39,10 @@ MESSAGE_ERRORS: tuple[type[Exception], ...] = (
     session.MESSAGE_ERRORS + (_delivery.DeliveryError, ratchet.StateDecodeError, envelope.EnvelopeError,
                               keys.KeyFormatError, sender_key.SenderKeyError, UnicodeDecodeError))
 _STATUSES_KEPT = 100_000  # (peer, seq) statuses remembered in memory for status()
+# What report() counts, and the most of each one report carries (the service's MAX_COUNT; the
+# rest waits for the next report).
+REPORTED = ("delivered", "undelivered", "received", "decrypt_failures")
+REPORT_MAX = 10_000
 
 
 class Messenger:
@@ -57,6 +61,8 @@ class Messenger:
         self._on_message = on_message
         self._on_status = on_status
         self._statuses: dict[tuple[str, int], tuple[str, str | None]] = {}
+        # counts since the last report() (POST /reports): no peer, id or content, only numbers
+        self._unreported = dict.fromkeys(REPORTED, 0)
         self.delivery = inst.delivery(on_status=self._status)
         self._connects = link.connects
 
@@ -79,7 +85,10 @@ class Messenger:
         if len(self._statuses) >= _STATUSES_KEPT:
             self._statuses.pop(next(iter(self._statuses)))
         self._statuses[(peer, seq)] = (status, reason)
+        if status == _delivery.DELIVERED:
+            self._unreported["delivered"] += 1
         if status == _delivery.FAILED:
+            self._unreported["undelivered"] += 1
             log.warning("message %d to %s failed: %s", seq, peer, reason)
         if self._on_status is not None:
             self._on_status(peer, seq, status, reason)
@@ -125,11 +134,13 @@ class Messenger:
             self.duplicates += 1
         except MESSAGE_ERRORS as e:
             self.failed += 1
+            self._unreported["decrypt_failures"] += 1
             self.last_error = type(e).__name__
             log.warning("%s: dropped a message from %r: %s", self.inst.device_id, sender, self.last_error)
 
     def _deliver(self, sender: str, payload: Any) -> None:
         data = bytes(payload)
+        self._unreported["received"] += 1
         if self._on_message is None:
             self.received.append((sender, data))
         else:
@@ -195,6 +206,17 @@ class Messenger:
             flushed = time.monotonic()
         self.flush()
         return handled
+
+    def report(self) -> dict[str, int]:
+        """Sends the counts since the previous report to the service (DeviceClient.report, POST
+        /reports; docs/provisioning.md "Client reports"): messages delivered (receipt back) and
+        undelivered (failed), messages received, envelopes that did not decrypt. Counts only.
+        Returns what was sent; when the service refuses (ApiError) they stay for the next one."""
+        counts = {name: min(n, REPORT_MAX) for name, n in self._unreported.items()}
+        self.inst.client.report(**counts)
+        for name, n in counts.items():
+            self._unreported[name] -= n
+        return counts
 
     def wait(self, done: Callable[[], bool], timeout: float) -> bool:
         """Pumps until done() or the timeout; returns done()."""
