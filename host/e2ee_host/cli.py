@@ -16,7 +16,8 @@
     e2ee board virtual --flash DIR [--profile esp32|rp2040|unix]
     e2ee board backup --port PORT [--passphrase-file F]          sealed on this host, stored by the service
     e2ee board restore --port PORT --device-id ID [--passphrase-file F]   onto a replacement board
-    e2ee client init --dir D --device-id ID --fleet F --claim TOKEN     a host client's install
+    e2ee dev up [--dir D] [--port P] [--broker-port P]                  development broker + service, until Ctrl-C
+    e2ee client init --dir D --device-id ID --fleet F --claim TOKEN [--no-broker]   a host client's install
     e2ee client show --dir D
     e2ee client link-qr --dir D [--png FILE] [--yes]                    this install is the new device
     e2ee client link-approve --dir D --qr PAYLOAD --owner O [--yes]     this install is the primary
@@ -276,8 +277,10 @@ def _ask(args: argparse.Namespace, question: str) -> bool:
 
 def _client_init(args: argparse.Namespace) -> Any:
     from e2ee_host.install import HostInstall
-    inst = HostInstall.init(args.dir, args.url, args.device_id, args.fleet, args.claim, one_time=args.one_time)
-    _open_mailbox(inst, args)
+    inst = HostInstall.init(args.dir, args.url, args.device_id, args.fleet, args.claim, one_time=args.one_time,
+                            require_broker=not args.no_broker)
+    if inst.settings.get("mqtt"):
+        _open_mailbox(inst, args)
     print(_NO_BACKUP % args.dir, file=sys.stderr)
     return {"device_id": inst.device_id, "fingerprint": inst.client.keystore.fingerprint().hex(),
             "serial": inst.settings["serial"]} if args.json else (
@@ -938,6 +941,38 @@ def _replenish(inst: Any) -> None:
         print("e2ee: warning: one-time prekeys not replenished: %s" % e, file=sys.stderr)
 
 
+def _dev_up(args: argparse.Namespace) -> Any:
+    """`e2ee dev up`: the development broker and service wired together, in the foreground until
+    Ctrl-C (or SIGTERM), then both stopped (docs/host-client.md, "A development system")."""
+    import signal
+    from e2ee_host.devstack import DevStack
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    dev = DevStack(args.dir, port=args.port, broker_port=args.broker_port)
+    with dev:
+        exports = dev.exports()
+        print("e2ee dev up: broker %s:%d (the project's Mosquitto, data in %s), service %s (SQLite, log %s)" % (
+            dev.broker.host, dev.broker.port, dev.broker.data_dir, dev.service.url, dev.service.log_file),
+            file=sys.stderr)
+        print("In another shell (or: . %s):" % (dev.directory / "env"), file=sys.stderr)
+        for name, value in exports.items():
+            print("export %s=%s" % (name, value), flush=True)
+        print("Ctrl-C stops both.", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(0.5)
+                problem = dev.exited()
+                if problem is not None:
+                    raise _Failed(3, "%s (logs in %s)" % (problem, dev.directory))
+        except KeyboardInterrupt:
+            pass
+    print("e2ee dev up: stopped", file=sys.stderr)
+    return None
+
+
 def _board_backup(args: argparse.Namespace) -> Any:
     from e2ee_host.board_link import backup_board
     stored = backup_board(args.port, args.url, _passphrase(args, confirm=True), progress=_progress(args))
@@ -1044,6 +1079,15 @@ def _parser() -> argparse.ArgumentParser:
             v.add_argument("--device-id", required=True)
         v.set_defaults(board=run)
 
+    dev = groups.add_parser("dev", help="a development system on this machine").add_subparsers(
+        dest="command", required=True)
+    c = dev.add_parser("up", help="start the development broker and service wired together (until Ctrl-C) and "
+                       "print what to export")
+    c.add_argument("--dir", default="~/.e2ee-dev", help="their data, kept across runs (default: ~/.e2ee-dev)")
+    c.add_argument("--port", type=int, default=8000, help="the service's port (default: 8000)")
+    c.add_argument("--broker-port", type=int, default=1883, help="the broker's port (default: 1883)")
+    c.set_defaults(board=_dev_up)
+
     client = groups.add_parser("client", help="a host client's install (identity, messages, links, backup)")
     cs = client.add_subparsers(dest="command", required=True)
     c = cs.add_parser("init", help="make an identity here and enroll it")
@@ -1051,6 +1095,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--fleet", required=True)
     c.add_argument("--claim", required=True)
     c.add_argument("--one-time", type=int, default=20)
+    c.add_argument("--no-broker", action="store_true",
+                   help="enroll even though the service gives no broker credentials (linking, backup and the relay "
+                   "only; send and receive need `client renew` on a service with a broker)")
     c.set_defaults(board=_client_init)
     cs.add_parser("show", help="this install's identity").set_defaults(board=_client_show)
     c = cs.add_parser("link-qr", help="show this install's QR to be linked by the owner's primary")

@@ -25,7 +25,7 @@ import httpx
 from e2ee.protocol import certificate, enrollment
 from e2ee.protocol.keys import KeyFormatError, KeyStore, PrekeyBundle
 
-__all__ = ["ApiError", "BadAnswer", "Claims", "DeviceClient", "Enrolled", "OperatorClient", "RelayEnvelope",
+__all__ = ["ApiError", "BadAnswer", "Claims", "DeviceClient", "Enrolled", "NoBroker", "OperatorClient", "RelayEnvelope",
            "RevocationListInfo", "ServiceClient"]
 
 DEFAULT_TIMEOUT = 15.0
@@ -50,6 +50,10 @@ class BadAnswer(ApiError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(502, detail)
+
+
+class NoBroker(Exception):
+    """The service hands out no MQTT credentials at enrollment (it drives no broker)."""
 
 
 @contextmanager
@@ -275,14 +279,19 @@ class DeviceClient(ServiceClient):
 
     def enroll(self, token: str, *, board_uid: bytes = b"", board_key: bytes | None = None,
                registration_lock_pin: str | None = None, trusted_keys: Sequence[bytes] | None = None,
-               operator_key: str | None = None) -> Enrolled:
+               operator_key: str | None = None, require_broker: bool = False) -> Enrolled:
         """Claim + fresh challenge + proof of possession (+ hardware evidence): the certificate,
         verified with `trusted_keys` (default: the CA keys the enrollment answer carries).
         `operator_key` (X-API-Key) lets an operator re-register an enrolled device id with new
-        keys without its owner's claim (docs/provisioning.md, "Re-registration")."""
+        keys without its owner's claim (docs/provisioning.md, "Re-registration").
+        `require_broker`: raise NoBroker, before the claim is used, when the challenge says the
+        service will hand out no MQTT credentials."""
         doc = self.call("POST", "/enroll/challenge")
         with _answer("POST /enroll/challenge"):
             challenge = _unb64(doc["challenge"])
+        if require_broker and not doc.get("broker"):
+            raise NoBroker("the service at %s gives no broker credentials (it drives no broker, or has no broker "
+                           "address for devices: E2EE_PROV_MQTT_HOST)" % self.http.base_url)
         fields = enrollment.enrollment_fields(self.keystore, challenge, token, self.device_id, self.fleet,
                                               board_uid, board_key)
         body: dict[str, Any] = {"claim_token": token, "challenge": _b64(challenge), "device_id": self.device_id,

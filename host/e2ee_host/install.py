@@ -29,7 +29,7 @@ from e2ee.protocol.sender_key import Duplicate, SenderChain, SenderKeyError, Unk
 from e2ee.protocol.session import SessionManager
 from e2ee.protocol.store import MAX_RECORD, NotFound, RecordStore
 from e2ee.protocol.trust import TrustStore
-from e2ee_host.client import ApiError, DeviceClient, Enrolled
+from e2ee_host.client import ApiError, DeviceClient, Enrolled, NoBroker
 
 if TYPE_CHECKING:
     from e2ee_host.transport import HostLink
@@ -70,6 +70,20 @@ def _write_key(path: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(key)
     return key
+
+
+def _remove_new(root: Path, made: bool, before: set[str]) -> None:
+    """Removes what a failed init() created in `root` (all of it when init made the directory)."""
+    import shutil
+    if made:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for name in set(os.listdir(root)) - before:
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _read_key(path: Path) -> bytes:
@@ -115,24 +129,38 @@ class HostInstall:
 
     @classmethod
     def init(cls, directory: str | os.PathLike[str], url: str, device_id: str, fleet: str, token: str,
-             one_time: int = 20, trusted_keys: list[bytes] | None = None) -> HostInstall:
+             one_time: int = 20, trusted_keys: list[bytes] | None = None, require_broker: bool = True) -> HostInstall:
         """A new identity made here, enrolled with the claim, its prekeys published. The trust
         store pins the CA keys (`trusted_keys`, default the ones the enrollment answer carries)
         and keeps the certificate and the revocation list; the settings keep the broker
-        credentials the service issued (none when the service drives no broker)."""
+        credentials the service issued. A service that gives none is refused before the claim
+        is used (NoBrokerCredentials; require_broker=False accepts it: an install for the relay
+        or linking only). Whatever fails, nothing is left behind in `directory`."""
         root = Path(directory)
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if (root / KEY_FILE).exists():
             raise InstallError("%s already holds an install" % root)
-        key = _write_key(root / KEY_FILE)
-        inst = cls(root, key, {"url": url, "device_id": device_id, "fleet": fleet}, KeyStore.generate(one_time))
-        enrolled = inst.client.enroll(token, trusted_keys=trusted_keys)
-        pinned = list(trusted_keys or enrolled.ca_keys)
-        inst.trust.set_ca_keys(pinned)
-        inst.settings.update(ca_keys=[k.hex() for k in pinned], owner="")
-        inst._store_enrollment(enrolled)
-        inst.client.upload_prekeys()
-        inst.save()
+        made = not root.exists()
+        before = set() if made else set(os.listdir(root))
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            key = _write_key(root / KEY_FILE)
+            inst = cls(root, key, {"url": url, "device_id": device_id, "fleet": fleet}, KeyStore.generate(one_time))
+            try:
+                enrolled = inst.client.enroll(token, trusted_keys=trusted_keys, require_broker=require_broker)
+            except NoBroker as e:
+                raise NoBrokerCredentials(
+                    "%s: nothing was created and the claim is still unused. Point --url at a service that drives "
+                    "a broker: `e2ee dev up` starts a development broker and service wired together "
+                    "(docs/host-client.md), production settings are in docs/provisioning.md" % e) from None
+            pinned = list(trusted_keys or enrolled.ca_keys)
+            inst.trust.set_ca_keys(pinned)
+            inst.settings.update(ca_keys=[k.hex() for k in pinned], owner="")
+            inst._store_enrollment(enrolled)
+            inst.client.upload_prekeys()
+            inst.save()
+        except BaseException:
+            _remove_new(root, made, before)
+            raise
         return inst
 
     def renew(self, token: str) -> Enrolled:

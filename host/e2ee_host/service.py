@@ -29,8 +29,9 @@ def free_port() -> int:
 class ServiceProcess:
     """settings: E2EE_PROV_* names without the prefix, lower case (data_dir, database_url, ...)."""
 
-    def __init__(self, log_file: str | os.PathLike[str], log_level: str = "info", **settings: object) -> None:
-        self.port = free_port()
+    def __init__(self, log_file: str | os.PathLike[str], log_level: str = "info", port: int | None = None,
+                 **settings: object) -> None:
+        self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         self.log_file = Path(log_file)
         self.log_level = log_level

@@ -392,6 +392,9 @@ class ChallengePublic(BaseModel):
     # 32 random bytes the device signs (proof of possession); single use
     challenge: B64Bytes
     expires_at: datetime
+    # whether POST /enroll hands out MQTT credentials (the service drives a broker and knows the
+    # address devices reach it at): a host client refuses a service without before enrolling
+    broker: bool = False
 
 
 class EnrollmentRequest(BaseModel):

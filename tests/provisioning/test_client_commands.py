@@ -28,12 +28,14 @@ def test_client_commands(live_server, tmp_path) -> None:  # type: ignore[no-unty
         owner_claim = op.create_claims("plant-north", owner="acme").tokens[0]
         plain_claim = op.create_claims("plant-north").tokens[0]
     phone, tablet = str(tmp_path / "phone"), str(tmp_path / "tablet")
-    r = run(url, "init", "--dir", phone, "--device-id", "acme-phone", "--fleet", "plant-north", "--claim", owner_claim)
+    # a service without a broker (linking and backup need none): --no-broker (tests/provisioning/test_dev_up.py)
+    r = run(url, "init", "--dir", phone, "--device-id", "acme-phone", "--fleet", "plant-north", "--claim", owner_claim,
+            "--no-broker")
     assert r.returncode == 0, r.stderr
     assert "WARNING: no backup is set up" in r.stderr
     assert (Path(phone) / "storage.key").stat().st_mode & 0o777 == 0o600
     assert run(url, "init", "--dir", tablet, "--device-id", "acme-tablet", "--fleet", "plant-north",
-               "--claim", plain_claim).returncode == 0
+               "--claim", plain_claim, "--no-broker").returncode == 0
     shown = run(url, "show", "--dir", phone)
     assert json.loads(shown.stdout)["device_id"] == "acme-phone" and "no backup" in shown.stderr
 

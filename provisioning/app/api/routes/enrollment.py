@@ -56,8 +56,9 @@ def _refuse(metrics: Metrics, code: int, detail: str) -> HTTPException:
 
 
 @router.post("/challenge", status_code=status.HTTP_201_CREATED, response_model=ChallengePublic)
-def post_challenge(session: SessionDep, settings: SettingsDep, metrics: MetricsDep) -> ChallengePublic:
-    """A fresh 32-byte challenge, valid for E2EE_PROV_CHALLENGE_LIFETIME seconds, single use."""
+def post_challenge(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep) -> ChallengePublic:
+    """A fresh 32-byte challenge, valid for E2EE_PROV_CHALLENGE_LIFETIME seconds, single use;
+    `broker` says whether the enrollment will hand out MQTT credentials."""
     now = utcnow()
     session.execute(delete(EnrollmentChallenge).where(EnrollmentChallenge.expires_at <= now))
     challenge = EnrollmentChallenge(nonce=secrets.token_bytes(enrollment.CHALLENGE_SIZE),
@@ -65,7 +66,8 @@ def post_challenge(session: SessionDep, settings: SettingsDep, metrics: MetricsD
     session.add(challenge)
     session.commit()
     metrics.inc("e2ee_enrollment_challenges_total")
-    return ChallengePublic(challenge=challenge.nonce, expires_at=challenge.expires_at)
+    return ChallengePublic(challenge=challenge.nonce, expires_at=challenge.expires_at,
+                           broker=request.app.state.broker is not None and bool(settings.mqtt_host))
 
 
 def _check_evidence(req: EnrollmentRequest, claim: EnrollmentClaim, settings: Settings, metrics: Metrics) -> None:
