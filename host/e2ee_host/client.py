@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from e2ee.protocol import certificate, enrollment
+from e2ee.protocol.certificate import Certificate
 from e2ee.protocol.keys import KeyFormatError, KeyStore, PrekeyBundle
 
 __all__ = ["ApiError", "BadAnswer", "Claims", "DeviceClient", "Enrolled", "NoBroker", "OperatorClient", "RelayEnvelope",
@@ -102,7 +103,7 @@ class RevocationListInfo:
 @dataclass(frozen=True)
 class Enrolled:
     certificate: bytes  # SignedCertificate, verified
-    cert: certificate.Certificate
+    cert: Certificate
     ca_keys: list[bytes]
     revocation_list: bytes
     mqtt: dict[str, Any] | None

@@ -299,8 +299,8 @@ class HostInstall:
         from e2ee_host.transport import HostLink
         host, port = self.broker_address(broker)
         password = self.broker_credentials()["password"]
-        tls = {"tls_ca": tls_ca} if tls_ca else {}
-        return HostLink(host, port, self.settings["fleet"], self.device_id, password, timeout=timeout, **tls)
+        return HostLink(host, port, self.settings["fleet"], self.device_id, password, timeout=timeout,
+                        tls_ca=tls_ca or None)
 
     def open_mailbox(self, link: HostLink, timeout: float = 30.0) -> int:
         """Makes sure the broker keeps this install's inbox while it is offline: on the connected

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from e2ee.protocol.envelope import MAX_ENVELOPE
 from e2ee.transport import topics
@@ -41,7 +42,7 @@ def paho_client(owner: Any, client_id: str, user: str, password: str, *, clean_s
     """A paho 2 client with the project's settings (TLS trusting `tls_ca` when given, reconnect
     backoff capped at MAX_RECONNECT_DELAY, at most MAX_OUTGOING queued QoS 1 messages) calling
     `owner`'s _on_message, _on_connect, _on_subscribe and _on_disconnect."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
                          manual_ack=manual_ack)
     client.username_pw_set(user, password)
     if tls_ca is not None:
