@@ -21,12 +21,24 @@ from types import TracebackType
 from e2ee_host.broker import MosquittoProcess
 from e2ee_host.service import ServiceProcess
 
-__all__ = ["DEFAULT_BROKER_PORT", "DEFAULT_DIR", "DEFAULT_PORT", "DevStack"]
+__all__ = ["DEFAULT_BROKER_PORT", "DEFAULT_DIR", "DEFAULT_PORT", "DevStack", "wired_service"]
 
 DEFAULT_DIR = "~/.e2ee-dev"
 DEFAULT_PORT = 8000  # the e2ee command's default --url is http://127.0.0.1:8000
 DEFAULT_BROKER_PORT = 1883  # MQTT's registered port: what boards and examples expect
 _KEY_FILE = "operator.key"
+
+
+def wired_service(broker: MosquittoProcess, log_file: str | os.PathLike[str], data_dir: str | os.PathLike[str],
+                  operator_key: str, port: int | None = None, **settings: object) -> ServiceProcess:
+    """A ServiceProcess (not started) that drives `broker` (dynamic security with its admin
+    account) and gives devices its address with their credentials."""
+    service = ServiceProcess(log_file, port=port, data_dir=data_dir, operator_api_key=operator_key,
+                             broker_admin_host=broker.host, broker_admin_port=broker.port,
+                             broker_admin_user=broker.admin_user, broker_admin_password=broker.admin_password,
+                             mqtt_host=broker.host, mqtt_port=broker.port)
+    service.settings.update(settings)
+    return service
 
 
 def _operator_key(path: Path) -> str:
@@ -47,12 +59,8 @@ class DevStack:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.operator_key = _operator_key(self.directory / _KEY_FILE)
         self.broker = MosquittoProcess(self.directory / "broker", port=broker_port)
-        b = self.broker
-        self.service = ServiceProcess(
-            self.directory / "service.log", port=port, environment="development",
-            data_dir=self.directory / "service", operator_api_key=self.operator_key,
-            broker_admin_host=b.host, broker_admin_port=b.port, broker_admin_user=b.admin_user,
-            broker_admin_password=b.admin_password, mqtt_host=b.host, mqtt_port=b.port)
+        self.service = wired_service(self.broker, self.directory / "service.log", self.directory / "service",
+                                     self.operator_key, port=port, environment="development")
 
     def __repr__(self) -> str:  # the keys stay out
         return "<DevStack %s: service %s, broker %s:%d>" % (self.directory, self.service.url, self.broker.host,

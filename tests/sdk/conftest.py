@@ -8,15 +8,12 @@ import pytest
 from sdk_support import OPERATOR_KEY, System
 
 from e2ee_host.broker import MosquittoProcess
-from e2ee_host.service import ServiceProcess
+from e2ee_host.devstack import wired_service
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     tmp = tmp_path_factory.mktemp("sdk")
     with MosquittoProcess(tmp / "broker") as broker:
-        with ServiceProcess(tmp / "service.log", data_dir=tmp / "service", operator_api_key=OPERATOR_KEY,
-                            broker_admin_host=broker.host, broker_admin_port=broker.port,
-                            broker_admin_user=broker.admin_user, broker_admin_password=broker.admin_password,
-                            mqtt_host=broker.host, mqtt_port=broker.port) as service:
+        with wired_service(broker, tmp / "service.log", tmp / "service", OPERATOR_KEY) as service:
             yield System(broker, service)
