@@ -315,10 +315,11 @@ class Client:
         return Message(self, id, sender, group, data[7 + n + m:], when)
 
     def pump(self, wait: float = 0.0) -> int:
-        """Publishes what is due (receipts, resends, queued messages) and takes in what arrives
-        within `wait` seconds. receive() and Outgoing.wait() call it; an application that only
-        sends calls it (or wait()) to collect receipts. The lock is held only while envelopes
-        are handled, not while waiting for them. Returns the number of envelopes handled."""
+        """Publishes what is due (receipts, resends, queued messages) and takes in what has
+        arrived, waiting up to `wait` seconds for something to arrive (it returns after the first
+        batch). receive() and Outgoing.wait() call it; an application that only sends calls it
+        (or wait()) to collect receipts. The lock is held only while envelopes are handled, not
+        while waiting for them. Returns the number of envelopes handled."""
         deadline = time.monotonic() + wait
         handled = 0
         while True:
