@@ -158,41 +158,53 @@ def upload_prekeys(board: BoardLink, service: Any, device_id: str, *, signed_pre
             return inventory
 
 
-def flash(port: str, app: Path | None = None, *, progress: Progress = _quiet, source: Path | None = None) -> dict[str, int]:
+def flash(port: str, app: Path | None = None, *, progress: Progress = _quiet, source: Path | None = None,
+          files: list[tuple[Path, str]] | None = None) -> dict[str, int]:
     """Compiles the SDK for the board's architecture and copies it to lib/ (and `app` to
     main.py): no host-only module, and of the crypto backends only the one the board runs
     (micropython.board_backend: none with the C module, viper where native code loads, else
-    pure). Returns {"files": n, "bytes": total, "backend": "viper" | "pure" | "c"}."""
+    pure). `files`: more (local file, board path) pairs, e.g. a claim file to
+    e2ee_data/claim.json; their directories are made. Returns {"files": n, "bytes": total,
+    "backend": "viper" | "pure" | "c"}."""
     with BoardLink(port) as board:
         arch = board.arch()
         backend = e2ee_micropython.board_backend(arch, board.has_module("_e2ee_crypto"))
         progress("board at %s runs %s code; compiling the SDK with the %s crypto backend" % (
             port, arch or "bytecode-only", backend or "C module's"))
         with tempfile.TemporaryDirectory() as tmp:
-            files = e2ee_micropython.compile_board_image(Path(tmp), arch, backend,
+            image = e2ee_micropython.compile_board_image(Path(tmp), arch, backend,
                                                          **({"source": source} if source else {}))
-            dirs = sorted({str(f.parent.relative_to(tmp)) for f in files})
+            dirs = sorted({str(f.parent.relative_to(tmp)) for f in image})
             board.mkdir("lib")
             for d in dirs:
                 parts = Path(d).parts
                 for i in range(1, len(parts) + 1):
                     board.mkdir("lib/" + "/".join(parts[:i]))
             total = 0
-            for i, f in enumerate(files, 1):
+            for i, f in enumerate(image, 1):
                 rel = f.relative_to(tmp).as_posix()
                 data = f.read_bytes()
                 board.put(data, "lib/" + rel)
                 total += len(data)
-                progress("[%d/%d] lib/%s (%d bytes)" % (i, len(files), rel, len(data)))
+                progress("[%d/%d] lib/%s (%d bytes)" % (i, len(image), rel, len(data)))
         if app is not None:
             data = app.read_bytes()
             board.put(data, "main.py")
             total += len(data)
             progress("main.py (%d bytes) from %s" % (len(data), app))
+        for local, target in files or ():
+            parts = Path(target).parts
+            for i in range(1, len(parts)):
+                board.mkdir("/".join(parts[:i]))
+            data = local.read_bytes()
+            board.put(data, target)
+            total += len(data)
+            progress("%s (%d bytes) from %s" % (target, len(data), local))
         # what the board sees now: the SDK imports from lib/
         board.exec("import e2ee.board")
-    progress("flashed %d files, %d bytes" % (len(files) + (app is not None), total))
-    return {"files": len(files) + (app is not None), "bytes": total, "backend": backend or "c"}
+    count = len(image) + (app is not None) + len(files or ())
+    progress("flashed %d files, %d bytes" % (count, total))
+    return {"files": count, "bytes": total, "backend": backend or "c"}
 
 
 def provision(port: str, url: str, token: str, device_id: str, fleet: str, *, one_time: int = 20,

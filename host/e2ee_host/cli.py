@@ -11,7 +11,7 @@
     e2ee groups remove --fleet F --group G DEVICE_ID...
     e2ee cert status SERIAL
     e2ee crl show [--ca-keys FILE]
-    e2ee flash --port PORT [--app FILE]
+    e2ee flash --port PORT [--app FILE] [--file LOCAL:BOARD_PATH ...]
     e2ee provision --port PORT --claim TOKEN --device-id ID --fleet F [--one-time N] [--force]
     e2ee board virtual --flash DIR [--profile esp32|rp2040|unix]
     e2ee board backup --port PORT [--passphrase-file F]          sealed on this host, stored by the service
@@ -224,7 +224,11 @@ def _crl_show(client: OperatorClient, args: argparse.Namespace) -> Any:
 
 def _flash(args: argparse.Namespace) -> Any:
     from e2ee_host.board_link import flash
-    done = flash(args.port, Path(args.app) if args.app else None, progress=_progress(args))
+    files = []
+    for spec in args.file or ():
+        local, _, target = spec.partition(":")
+        files.append((Path(local), target or Path(local).name))
+    done = flash(args.port, Path(args.app) if args.app else None, progress=_progress(args), files=files)
     return done if args.json else "flashed %(files)d files (%(bytes)d bytes, %(backend)s crypto) to %(port)s" % dict(
         done, port=args.port)
 
@@ -1056,6 +1060,8 @@ def _parser() -> argparse.ArgumentParser:
     f = groups.add_parser("flash", help="copy the SDK (compiled for the board) and an application to a board")
     f.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB0, or a virtual board's)")
     f.add_argument("--app", help="application to install as main.py")
+    f.add_argument("--file", action="append", metavar="LOCAL[:BOARD_PATH]",
+                   help="another file to copy, e.g. claim.json:e2ee_data/claim.json (repeatable)")
     f.set_defaults(board=_flash)
     f = groups.add_parser("provision", help="make the board's identity on the board and enroll it")
     f.add_argument("--port", required=True)

@@ -141,6 +141,7 @@ class VirtualBoard:
         self._tail = b""
         self._ready = threading.Event()
         self._closed = False
+        self.host_bytes = 0  # bytes the host sent on the serial line (delivered to the board or not)
         self._wake_r, self._wake_w = os.pipe()
         self._relay = threading.Thread(target=self._pump, name="virtual-board-relay", daemon=True)
         self._relay.start()
@@ -412,6 +413,7 @@ class VirtualBoard:
             data = os.read(self._port_master, 4096)
         except OSError:  # nothing yet, or the host let go of the port
             return
+        self.host_bytes += len(data)
         if board is not None and data:
             self._deliver(data, board)
 

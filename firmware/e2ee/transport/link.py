@@ -29,10 +29,17 @@
 # next messages of the window follow. A flush publishes through send(): each publish waits for
 # its PUBACK (within `timeout`), nothing sleeps.
 #
-# The MQTT client class comes in by injection: micropython-lib's umqtt.simple.MQTTClient on a
-# board, or e2ee.transport.mqtt.MQTTClient (the same API; its packet counter `rx` lets the link
-# see a PINGRESP, which umqtt.simple does not report, so with umqtt.simple a dead connection is
-# found by the socket timeout or TCP only).
+# The MQTT client class comes in by injection: e2ee.transport.mqtt.MQTTClient, or micropython-lib's
+# umqtt.simple.MQTTClient (the same API). What umqtt.simple loses: it does not report PINGRESP (no
+# packet counter `rx`), so a dead connection is found only by the socket timeout or TCP, not by
+# the keepalive watchdog; its check_msg leaves the socket blocking with no timeout (setblocking
+# True clears it on lwIP), so the link sets the timeout again before each publish (PUBACK wait),
+# which a MicroPython TLS socket cannot take (it has no settimeout: that wait is then unbounded).
+#
+# TLS (docs/boards.md, "TLS"): client keywords go to the client class, ssl=<an ssl.SSLContext
+# with verify_mode CERT_REQUIRED and the broker's CA loaded>; both clients check the broker's
+# certificate against the host name they connect to (e2ee.transport.mqtt.MQTTClient also takes
+# ssl_params={"server_hostname": ...} for another name).
 import errno
 import os
 import time
@@ -75,14 +82,16 @@ class Link:
     # rng(n) -> n random bytes for the backoff jitter (default os.urandom). timeout: seconds a
     # socket operation may block (connect, the waits for CONNACK, SUBACK, PUBACK), None: forever.
     # log(text): where dropped messages are reported (default print). service, delivery: see above.
+    # client_kw: more keywords for client_class (ssl=, ssl_params=: TLS, see above).
     def __init__(self, client_class, server, port, fleet, device_id, password, on_message, on_crl=None,
-                 keepalive=60, rng=None, timeout=30, log=None, service=None, delivery=None):
+                 keepalive=60, rng=None, timeout=30, log=None, service=None, delivery=None, **client_kw):
         self.fleet = fleet
         self.device_id = device_id
         self.keepalive = keepalive
         self.timeout = timeout
         self._client_class = client_class
         self._args = (device_id, server, port, device_id, password, keepalive)
+        self._client_kw = client_kw
         self._on_message = on_message
         self._on_crl = on_crl
         self._service = service
@@ -137,7 +146,7 @@ class Link:
     # new socket is closed then.
     def connect(self):
         self._drop()
-        client = self._client_class(*self._args)
+        client = self._client_class(*self._args, **self._client_kw)
         client.set_callback(self._deliver)
         self.client = client  # the session's queued messages arrive while subscribing
         try:
@@ -226,6 +235,10 @@ class Link:
         if self.client is None:
             raise OSError(errno.ENOTCONN)
         try:
+            if self.timeout and not hasattr(self.client, "rx"):  # umqtt.simple: see above
+                settimeout = getattr(self.client.sock, "settimeout", None)
+                if settimeout is not None:
+                    settimeout(self.timeout)
             self.client.publish(topic, payload, qos=1)
         except Exception as e:
             self._fail(e)  # the stream may stop mid-packet: this connection is done

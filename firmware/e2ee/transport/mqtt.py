@@ -245,8 +245,11 @@ class MQTTClient:
             if timeout is not None:
                 raw.settimeout(timeout)
             raw.connect(addr)
-            if self.ssl:
-                self.sock = self.ssl.wrap_socket(raw, **self.ssl_params)
+            if self.ssl:  # the certificate's name checked against the host, as umqtt.simple does
+                params = self.ssl_params
+                if "server_hostname" not in params:
+                    params = dict(params, server_hostname=self.server)
+                self.sock = self.ssl.wrap_socket(raw, **params)
             self._bind(self.sock, raw)
             self._send_connect(clean_session)
             self._fill(self._mv[:4])
