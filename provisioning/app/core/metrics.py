@@ -1,12 +1,14 @@
-"""Content-free metrics for /metrics (docs/provisioning.md, "Metrics"), with prometheus_client.
+"""Content-free metrics for /metrics (docs/provisioning.md, "Health and metrics"), with
+prometheus_client.
 
 Counts, durations and gauges only. No label ever carries a device id, key, fingerprint, token,
-path or payload: the labels are `fleet` (a fleet an operator created, taken from the database,
-never from a request), `route` (the app's route templates) and small fixed vocabularies
-(LABEL_VALUES), so the number of series is bounded by the number of fleets. Past MAX_FLEET_LABELS fleets the rest share the value "_other".
+path or payload: the labels are `fleet` (the fleet of the device or claim row an event concerns,
+or of an operator's claim request; never one an unauthenticated request names), `route` (the
+app's route templates) and small fixed vocabularies (LABEL_VALUES), so the number of series is
+bounded by the number of fleets; past MAX_FLEET_LABELS fleets the rest share the value "_other".
 
 Each application has its own CollectorRegistry (several apps live in one test process); the
-database gauges are read at scrape time (core/fleet_gauges.py).
+database gauges are read at scrape time (core/gauges.py).
 """
 from __future__ import annotations
 
