@@ -1,5 +1,6 @@
 """python -m e2ee_provisioning [--host H] [--port P] [--log-level L]: runs the service with
-uvicorn (settings from E2EE_PROV_* variables, core/config.py).
+uvicorn (settings from E2EE_PROV_* variables, core/config.py), over HTTPS when
+E2EE_PROV_TLS_CERTFILE and E2EE_PROV_TLS_KEYFILE name a certificate chain and its key.
 
 Settings that do not validate (on defaults: production with the development operator key, D19)
 stop it before it listens: one line per problem on stderr, exit status 2. The lines name the
@@ -40,7 +41,12 @@ def main() -> None:
     settings = _settings()
     configure_logging(args.log_level, settings.log_format)
     # log_config=None: uvicorn's loggers keep the one handler and format configured here
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None)
+    # HTTPS when E2EE_PROV_TLS_CERTFILE/KEYFILE are set (both or neither, checked by Settings)
+    tls = {}
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None,
+                **tls)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The FastAPI application: create_app(settings) wires settings, database (migrated at startup),
+"""The FastAPI application: create_app(settings) wires settings, database (migrated or checked at startup),
 metrics, rate limits and the routers."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from e2ee_provisioning.core.blobstore import make_blob_store
 from e2ee_provisioning.core.relay import RelayBridge
 from e2ee_provisioning.core.broker import BrokerAdmin
 from e2ee_provisioning.core.config import Settings
-from e2ee_provisioning.core.db import make_engine, make_sessionmaker, run_migrations
+from e2ee_provisioning.core.db import check_migrations, make_engine, make_sessionmaker, run_migrations
 from e2ee_provisioning.core.gauges import BrokerGauges, DatabaseGauges
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.core.ratelimit import TokenBuckets
@@ -38,7 +38,10 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.sqlalchemy_url)
-        run_migrations(engine)
+        if settings.migrate_at_startup:
+            run_migrations(engine)
+        else:  # replicas: the one-off migration ran before them (docs/deployment.md)
+            check_migrations(engine)
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         owned = None  # a broker admin made here (not one passed in) is closed here

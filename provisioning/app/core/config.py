@@ -46,6 +46,15 @@ class DatabaseSettings(BaseSettings):
 class Settings(DatabaseSettings):
     # production unless a development service opts in (E2EE_PROV_ENVIRONMENT=development)
     environment: Literal["development", "staging", "production"] = "production"
+    # Migrations at startup: the service upgrades its database before it listens (one process,
+    # development). Several replicas: false, and the one-off `python -m e2ee_provisioning.migrate`
+    # runs them once before any replica starts (docs/deployment.md); a replica then refuses a
+    # database that is not at the newest revision.
+    migrate_at_startup: bool = True
+    # HTTPS in the service (uvicorn): the server certificate chain and its private key, PEM files,
+    # both or neither. Unset: plain HTTP (development, or a TLS proxy on the same host).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
     # Operator API key in clear (hashed at load; never stored), and/or SHA-256 hex hashes of keys
     # (comma-separated), so the clear key need not sit in the service's environment at all.
     operator_api_key: SecretStr | None = SecretStr(DEFAULT_OPERATOR_KEY)
@@ -113,6 +122,8 @@ class Settings(DatabaseSettings):
         if not self.operator_key_hashes():
             raise ValueError("no operator API key configured")
         self.factory_key_list()
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("E2EE_PROV_TLS_CERTFILE and E2EE_PROV_TLS_KEYFILE go together: set both or neither")
         if self.backup_store == "s3" and not self.s3_bucket:
             raise ValueError("E2EE_PROV_BACKUP_STORE=s3 needs E2EE_PROV_S3_BUCKET")
         return self

@@ -1,4 +1,5 @@
-"""Database engine and sessions (SQLAlchemy 2), and Alembic migrations applied at startup.
+"""Database engine and sessions (SQLAlchemy 2), and Alembic migrations: applied at startup, or
+once by `python -m e2ee_provisioning.migrate` and only checked at startup (E2EE_PROV_MIGRATE_AT_STARTUP).
 
 SQLite (the embedded default) runs in WAL mode with foreign keys on, and every transaction
 starts with BEGIN IMMEDIATE: writers queue on the database lock at BEGIN instead of failing at
@@ -12,12 +13,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from e2ee_host import resources
 
-__all__ = ["ALEMBIC_DIR", "make_engine", "make_sessionmaker", "run_migrations"]
+__all__ = ["ALEMBIC_DIR", "DatabaseNotMigrated", "check_migrations", "make_engine", "make_sessionmaker",
+           "run_migrations"]
 
 # provisioning/alembic/ in a checkout, e2ee_provisioning/alembic/ in a wheel
 ALEMBIC_DIR = resources.folder("provisioning/alembic")
@@ -64,3 +68,20 @@ def run_migrations(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+class DatabaseNotMigrated(RuntimeError):
+    """The database is not at the newest revision and the service does not migrate it itself."""
+
+
+def check_migrations(engine: Engine) -> None:
+    """Raises DatabaseNotMigrated unless the database is at the newest Alembic revision."""
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        raise DatabaseNotMigrated(
+            "database at revision %s, the service needs %s: run `python -m e2ee_provisioning.migrate` "
+            "(E2EE_PROV_MIGRATE_AT_STARTUP is false)" % (current or "none", head))
