@@ -22,7 +22,8 @@ OPERATOR_KEY = "tls-tests-operator-key-40c2a9"
 
 
 def _env(**settings: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("E2EE_PROV_")}
+    """This environment without E2EE_PROV_* or SSL_CERT_* variables, plus E2EE_PROV_<settings>."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("E2EE_PROV_", "SSL_CERT_"))}
     env.update({"E2EE_PROV_" + k.upper(): str(v) for k, v in settings.items()})
     return env
 
@@ -63,6 +64,19 @@ def test_a_client_trusting_the_ca_connects_others_fail(https_service: tuple[str,
         httpx.get(url + "/healthz", timeout=5)  # the system's trust store: not our CA
     with pytest.raises(httpx.HTTPError):
         httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)  # no plain HTTP on the port
+
+
+def test_the_host_client_trusts_the_ca_through_ssl_cert_file(https_service: tuple[str, Path]) -> None:
+    # e2ee_host.client (and the `e2ee` CLI) use httpx's trust: SSL_CERT_FILE names the service's CA
+    url, ca = https_service
+    code = ("import sys; from e2ee_host.client import OperatorClient; "
+            "print(OperatorClient(sys.argv[1], sys.argv[2]).list_devices())")
+    run = [sys.executable, "-c", code, url, OPERATOR_KEY]
+    trusted = subprocess.run(run, env={**_env(), "SSL_CERT_FILE": str(ca)}, capture_output=True, text=True, timeout=60)
+    assert trusted.returncode == 0 and trusted.stdout.strip() == "[]", trusted.stderr
+    untrusted = subprocess.run(run, env=_env(), capture_output=True, text=True, timeout=60)
+    # the same service, untrusted: the handshake fails (the client names no more than ConnectError)
+    assert untrusted.returncode != 0 and "service unreachable" in untrusted.stderr, untrusted.stderr
 
 
 def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
