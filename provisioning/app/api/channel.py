@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import re
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Response, status
@@ -211,7 +212,10 @@ class ServiceChannel:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "this claim is spent, expired or revoked")
         route = (request.method, request.path)
         if route == ("POST", "/enroll/challenge"):
-            return enrollment.post_challenge(session, state.settings, state.metrics).model_dump(mode="json"), None
+            # the route reads request.app.state.broker only: the channel's app stands in for an HTTP request
+            challenge = enrollment.post_challenge(SimpleNamespace(app=self.app), session, state.settings,  # type: ignore[arg-type]
+                                                  state.metrics)
+            return challenge.model_dump(mode="json"), None
         if route != ("POST", "/enroll"):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "the enrollment channel has no %s %s" % route)
         try:
