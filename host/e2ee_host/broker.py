@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import glob
+import ipaddress
 import json
 import logging
 import os
@@ -25,7 +26,8 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,12 @@ from e2ee.transport import topics
 from e2ee_host import resources
 from e2ee_host.transport import MAX_RECONNECT_DELAY, paho_client
 
-__all__ = ["BrokerError", "DynSec", "MosquittoProcess", "REQUEST_TOPICS", "claim_role", "dev_tls", "device_role",
-           "init_dynamic_security", "service_role", "with_settings"]
+__all__ = ["Bridge", "BrokerError", "DynSec", "MosquittoProcess", "REQUEST_TOPICS", "SiteBrokers",
+           "bridge_config", "bridge_role", "bridge_user", "claim_role", "dev_tls", "device_role", "init_dynamic_security",
+           "service_role", "with_settings"]
 
 TEMPLATE = resources.folder("broker-config") / "mosquitto.conf.template"
+BRIDGE_TEMPLATE = resources.folder("broker-config") / "bridge.conf"
 CONTROL = "$CONTROL/dynamic-security/v1"
 SERVICE_ROLE = "e2ee-service"
 # Inbox messages received but not yet stored by the relay. The broker sends at most its
@@ -102,7 +106,10 @@ def dev_tls(directory: Path, hostname: str = "localhost") -> dict[str, Path]:
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            # and 127.0.0.1: a site broker's bridge dials the address and checks it (bridge.conf)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -152,15 +159,73 @@ def init_dynamic_security(path: str | os.PathLike[str], admin_user: str, admin_p
         f.write(json.dumps(state, indent=1))
 
 
+def bridge_user(site: str) -> str:
+    """The central broker's username (and client id) of a site's bridge: the colon is outside the
+    device-id alphabet, so no device can enroll under the bridge's name."""
+    return "bridge:%s" % site
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """A site broker's bridge to the central broker (broker-config/bridge.conf): the site's name,
+    the fleets whose topics cross, where the central broker's TLS listener is and the CA file that
+    signed its certificate, the bridge credential's password (never shown), the reconnect backoff."""
+    site: str
+    fleets: tuple[str, ...]
+    central_host: str
+    central_port: int
+    central_ca: str
+    password: str = field(repr=False)
+    restart: tuple[int, int] = (1, 5)
+
+
+def bridge_config(bridge: Bridge) -> str:
+    """broker-config/bridge.conf filled in for `bridge`: the connection once, the topic block (its
+    part from "# Topics of fleet") once per fleet."""
+    for name in (bridge.site, *bridge.fleets):
+        if not name or any(c in name for c in "/+#\n :{}"):
+            raise BrokerError("not a site or fleet name for a bridge: %r" % name)
+    if not bridge.fleets:
+        raise BrokerError("a bridge carries at least one fleet")
+    text = BRIDGE_TEMPLATE.read_text()
+    head, marker, block = text.partition("# Topics of fleet")
+    common = dict(site=bridge.site, central_host=bridge.central_host, central_port=bridge.central_port,
+                  central_ca=bridge.central_ca, bridge_password=bridge.password,
+                  restart_base=bridge.restart[0], restart_cap=bridge.restart[1])
+    out = head.format(**common)
+    for fleet in bridge.fleets:
+        out += (marker + block).format(fleet=fleet, **common)
+    return out
+
+
+def bridge_role(site: str, fleets: Iterable[str]) -> dict[str, Any]:
+    """The bridge credential's role on the central broker: exactly the topics bridge.conf carries,
+    per fleet: subscribe (what comes down) the inboxes, group topics, the revocation list and the
+    service channel's answers; publish (what goes up) the inboxes, group topics and the service
+    channel's requests. Nothing else: no $CONTROL, no enrollment topics, no other fleet."""
+    acls = []
+    for fleet in fleets:
+        acls += [_acl("subscribePattern", topics.all_inboxes(fleet)),
+                 _acl("subscribePattern", topics.group(fleet, "+")),
+                 _acl("subscribePattern", topics.crl(fleet)),
+                 _acl("subscribePattern", topics.service_response(fleet, "+")),
+                 _acl("publishClientSend", topics.all_inboxes(fleet)),
+                 _acl("publishClientSend", topics.group(fleet, "+")),
+                 _acl("publishClientSend", topics.service_request(fleet, "+"))]
+    return {"rolename": "brg-%s" % site, "acls": acls}
+
+
 class MosquittoProcess:
     """The project's broker on 127.0.0.1:<free port> (and a TLS listener when tls=True), state in
     `data_dir` (kept across restart() and kill()). `settings` replaces the values of some options
     of the template (benchmarks of other queue or autosave settings); options the template lacks
-    are appended."""
+    are appended. `bridge`: this is a site broker, bridged to a central one (broker-config/bridge.conf
+    appended to its configuration, which is then mode 0600: it holds the bridge's password)."""
 
     def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, tls: bool = False,
-                 settings: Mapping[str, str] | None = None) -> None:
+                 settings: Mapping[str, str] | None = None, bridge: Bridge | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.bridge = bridge
         self.settings = dict(settings or {})
         # the admin secret, password hashes (dynsec state) and queued messages: the owner's only
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -193,8 +258,13 @@ class MosquittoProcess:
         conf = TEMPLATE.read_text().format(data_dir=self.data_dir, port=self.port, bind=self.host, tls=tls,
                                            dynsec_plugin=_plugin(), user=getpass.getuser())
         conf = with_settings(conf, self.settings)
+        if self.bridge is not None:
+            conf += "\n" + bridge_config(self.bridge)
         path = self.data_dir / "mosquitto.conf"
-        path.write_text(conf)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(conf)
         return path
 
     def start(self, timeout: float = 15.0) -> MosquittoProcess:
@@ -669,3 +739,74 @@ class DynSec:
         peers that hold it already refuse the copy as certificate.RolledBack, which they ignore."""
         self._lists[fleet] = data
         self._publish(topics.crl(fleet), data, True, "revocation list", "publish_revocation_list")
+
+    # --- site brokers (broker-config/bridge.conf) ---
+
+    def provision_bridge(self, site: str, fleets: Iterable[str], password: str) -> None:
+        """The credential of a site broker's bridge on this (central) broker: client and username
+        bridge:<site>, its role brg-<site> allowing exactly the bridged topics of `fleets`
+        (bridge_role). Run again: a new password, the role's ACLs those of `fleets` now."""
+        role = bridge_role(site, fleets)
+        try:
+            self.command("deleteRole", rolename=role["rolename"])
+        except BrokerError as e:
+            if "not found" not in str(e).lower():
+                raise
+        self.command("createRole", rolename=role["rolename"], acls=role["acls"])
+        try:
+            self.command("createClient", username=bridge_user(site), clientid=bridge_user(site),
+                         password=password, roles=[{"rolename": role["rolename"]}])
+        except BrokerError as e:
+            if "already exists" not in str(e):
+                raise
+            self.command("setClientPassword", username=bridge_user(site), password=password)
+            self.command("addClientRole", username=bridge_user(site), rolename=role["rolename"])
+            self.command("enableClient", username=bridge_user(site))
+
+
+class SiteBrokers:
+    """The service's broker admin when site brokers are bridged to a central one (docs/broker.md,
+    "Site brokers bridged to the gateway"): credentials go to every broker's dynamic security
+    (the central one first, then each site's), so a device may connect at any of them and a
+    revoked device is cut wherever it is connected; everything else (revocation lists, relayed
+    envelopes, the service channel's answers, the relay's inbox watch, claims' credentials: their
+    enroll topics are not bridged) happens on the central broker only, and the bridges carry it to
+    the sites. A site that fails does not stop the
+    others: each is tried, then the first BrokerError is raised."""
+
+    def __init__(self, central: DynSec, sites: Iterable[DynSec]) -> None:
+        self.central = central
+        self.sites = list(sites)
+
+    def __repr__(self) -> str:
+        return "<SiteBrokers %r + %d sites>" % (self.central, len(self.sites))
+
+    def __getattr__(self, name: str) -> Any:  # publish_*, connected, queued, command: the central admin's
+        return getattr(self.central, name)
+
+    def _everywhere(self, method: str, *args: Any) -> None:
+        failed: BrokerError | None = None
+        for admin in (self.central, *self.sites):
+            try:
+                getattr(admin, method)(*args)
+            except BrokerError as e:
+                log.warning("broker admin %r: %s failed", admin, method)
+                failed = failed or e
+        if failed is not None:
+            raise failed
+
+    def provision_device(self, fleet: str, device_id: str, password: str) -> None:
+        self._everywhere("provision_device", fleet, device_id, password)
+
+    def revoke_device(self, device_id: str) -> None:
+        self._everywhere("revoke_device", device_id)
+
+    def add_group_member(self, fleet: str, group_id: str, device_id: str) -> None:
+        self._everywhere("add_group_member", fleet, group_id, device_id)
+
+    def remove_group_member(self, fleet: str, group_id: str, device_id: str) -> None:
+        self._everywhere("remove_group_member", fleet, group_id, device_id)
+
+    def close(self) -> None:
+        for admin in (*self.sites, self.central):
+            admin.close()

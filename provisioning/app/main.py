@@ -2,8 +2,10 @@
 metrics, rate limits and the routers."""
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -30,6 +32,19 @@ from e2ee_provisioning.core.requestmetrics import RequestMetrics
 __all__ = ["create_app"]
 
 
+def _with_sites(central: Any, sites: str) -> Any:
+    """The central admin and one admin per site broker (settings.broker_sites, JSON)."""
+    from e2ee_host.broker import BrokerError, DynSec, SiteBrokers
+    try:
+        listed = json.loads(sites)
+        admins = [DynSec(str(s["host"]), int(s["port"]), str(s["user"]), str(s["password"]),
+                         tls_ca=str(s["tls_ca"]) if s.get("tls_ca") else None) for s in listed]
+    except (ValueError, TypeError, KeyError, AttributeError, BrokerError) as e:
+        central.close()
+        raise RuntimeError("E2EE_PROV_BROKER_SITES: %s" % type(e).__name__) from None
+    return SiteBrokers(central, admins)
+
+
 def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = None) -> FastAPI:
     """The service; `broker` (e.g. e2ee_host.broker's dynamic-security admin) receives enrolled
     and revoked devices, None runs without a broker."""
@@ -54,6 +69,8 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
                 on_inbox=RelayBridge(app.state.sessionmaker, app.state.metrics).on_inbox,
                 tls_ca=str(tls_ca) if tls_ca else None, on_request=ServiceChannel(app).on_request,
                 observe=app.state.metrics.observe_broker)
+            if settings.broker_sites.get_secret_value():
+                owned = app.state.broker = _with_sites(owned, settings.broker_sites.get_secret_value())
         try:
             with app.state.sessionmaker() as session:
                 ensure_revocation_list(session, app.state.ca)

@@ -98,6 +98,10 @@ class Settings(DatabaseSettings):
     # CA file to trust for the admin's TLS connection (hostname checked against broker_admin_host);
     # unset: plain MQTT (the development broker). The production broker listens on TLS only.
     broker_admin_tls_ca: Path | None = None
+    # Site brokers bridged to that (central) broker (docs/broker.md, "Site brokers bridged to the
+    # gateway"): a JSON list of their admins, [{"host": ..., "port": ..., "user": ..., "password":
+    # ..., "tls_ca": ... (optional)}]; devices' credentials are created and disabled on each too.
+    broker_sites: SecretStr = SecretStr("")
     # Encrypted backups (docs/backup.md): where blobs go ("file": backup_dir, default
     # data_dir/backups; "s3": an S3-compatible bucket through boto3, credentials from the usual
     # AWS_* variables), the largest blob, and wrong fetch attempts before the backup locks.
