@@ -137,7 +137,7 @@ class Node:
         settings = dev.settings()
         fleet, mqtt = settings["fleet"], settings["mqtt"]
         svc = Service.for_device(fleet, dev.device_id, dev.sessions.keystore.sign)
-        dev.starter = BundleStarter(svc)
+        dev.starter = BundleStarter(svc, dev.start)  # the answer starts the session at once
         node = cls(dev, None, svc, None, config)
         node._log = log or print
         node.link = Link(client_class, mqtt["host"], mqtt["port"], fleet, dev.device_id, mqtt["password"],

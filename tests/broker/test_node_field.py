@@ -195,8 +195,8 @@ def test_a_flashed_board_enrolls_talks_keeps_its_keys_reboots_and_stops_when_rev
 
         assert not [line for line in serial.lines if "MemoryError" in line]
         assert board.host_bytes == written  # not a byte on the serial line since flashing
-        print("\nnode in the field: power-on to first reading delivered %.0f ms, 100 each way %.0f ms" % (
-            first_ms, exchange_ms))
+        print("\nnode in the field: power-on to first reading delivered %.0f ms, 100 each way %.0f ms; the board "
+              "said:\n%s" % (first_ms, exchange_ms, "\n".join(line for line in serial.lines if not line.startswith("got "))))
     finally:
         board.stop()
         if serial is not None:
