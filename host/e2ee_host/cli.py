@@ -6,7 +6,8 @@
     e2ee devices list [--fleet F] [--owner O]
     e2ee devices show DEVICE_ID
     e2ee devices revoke DEVICE_ID [--reason TEXT]
-    e2ee devices clear-lock DEVICE_ID
+    e2ee devices clear-lock DEVICE_ID                      the registration lock's PIN and failed attempts
+    e2ee devices unlock-backup DEVICE_ID                   a backup locked after too many wrong passphrases
     e2ee groups add --fleet F --group G DEVICE_ID...      members read and write the group topic
     e2ee groups remove --fleet F --group G DEVICE_ID...
     e2ee cert status SERIAL
@@ -34,8 +35,10 @@
 
 The service address and operator key come from --url / --api-key or E2EE_URL / E2EE_API_KEY
 (`flash`, `provision` and `board` need no operator key: a device enrolls with its claim).
-`--json` prints the service's answer as JSON. Exit status: 0 done, 1 the service refused (its
-reason is printed), 2 usage or verification error (a peer's certificate refused, a revoked or
+`--json` prints the service's answer as JSON. These three go before or after the subcommand
+(`e2ee --json devices list` or `e2ee devices list --json`); `e2ee --version` prints the installed
+version. Exit status: 0 done, 1 the service refused or did not answer (its reason, or "the service
+at URL is unreachable: ...", is printed), 2 usage or verification error (a peer's certificate refused, a revoked or
 expired peer), 3 the board, the install or the broker is missing, busy or refused.
 """
 from __future__ import annotations
@@ -52,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from e2ee.protocol import certificate
-from e2ee_host.client import ApiError, OperatorClient
+from e2ee_host.client import ApiError, OperatorClient, ServiceUnreachable
 from e2ee_host.messenger import MESSAGE_ERRORS, Messenger
 
 __all__ = ["main"]
@@ -174,6 +177,12 @@ def _devices_clear_lock(client: OperatorClient, args: argparse.Namespace) -> Any
     client.clear_registration_lock(args.device_id)
     return {"device_id": args.device_id, "registration_lock": False} if args.json else \
         "registration lock of %s cleared" % args.device_id
+
+
+def _devices_unlock_backup(client: OperatorClient, args: argparse.Namespace) -> Any:
+    client.unlock_backup(args.device_id)
+    return {"device_id": args.device_id, "backup_locked": False} if args.json else \
+        "backup of %s unlocked: its wrong-passphrase count starts again" % args.device_id
 
 
 def _groups(client: OperatorClient, args: argparse.Namespace) -> Any:
@@ -997,62 +1006,101 @@ def _progress(args: argparse.Namespace) -> Any:
     return show
 
 
+def _version() -> str:
+    """The installed package's version (its metadata, as `pip show e2ee-iot` reports it)."""
+    from importlib import metadata
+    try:
+        return metadata.version("e2ee-iot")
+    except metadata.PackageNotFoundError:
+        return "unknown (the e2ee-iot package is not installed; run from a checkout)"
+
+
+def _global_options(parser: argparse.ArgumentParser, below: bool) -> None:
+    """--url, --api-key and --json, on the top parser with their defaults and on every parser below
+    it with SUPPRESS: given after the subcommand they set the value, absent they leave the top's."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if below else value
+    parser.add_argument("--url", default=default(os.environ.get("E2EE_URL", DEFAULT_URL)),
+                        help="the provisioning service's URL (default: E2EE_URL or %s)" % DEFAULT_URL)
+    parser.add_argument("--api-key", default=default(None), help="operator API key (default: E2EE_API_KEY)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the result as JSON")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `parser`, depth first (each once, though aliases could list it twice)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if sub not in found:
+                    found += [sub] + [s for s in _subparsers(sub) if s not in found]
+    return found
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="e2ee", description="e2ee-iot operator commands (provisioning service)")
-    p.add_argument("--url", default=os.environ.get("E2EE_URL", DEFAULT_URL), help="service URL (E2EE_URL)")
-    p.add_argument("--api-key", default=None, help="operator API key (default: E2EE_API_KEY)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    groups = p.add_subparsers(dest="group", required=True)
+    p.add_argument("--version", action="version", version="%(prog)s " + _version(),
+                   help="print the installed e2ee-iot version and exit")
+    _global_options(p, below=False)
+    groups = p.add_subparsers(dest="group", required=True, metavar="COMMAND", help="what to work on")
 
-    claims = groups.add_parser("claims", help="enrollment claims").add_subparsers(dest="command", required=True)
+    claims = groups.add_parser("claims", help="enrollment claims").add_subparsers(
+        dest="command", required=True, metavar="ACTION", help="what to do with claims")
     c = claims.add_parser("create", help="create claim tokens")
-    c.add_argument("--fleet", required=True)
+    c.add_argument("--fleet", required=True, help="the fleet the claimed devices join")
     c.add_argument("--quota", type=int, default=1, help="enrollments per token (1: single use)")
     c.add_argument("--count", type=int, default=1, help="tokens to create")
-    c.add_argument("--expires-in", type=int, default=86_400, help="seconds")
-    c.add_argument("--owner", default="")
+    c.add_argument("--expires-in", type=int, default=86_400, help="seconds until the tokens expire (default: a day)")
+    c.add_argument("--owner", default="", help="the owner the enrolled devices belong to (for linking)")
     c.add_argument("--role", action="append", default=[], help="role/group for the certificates (repeatable)")
-    c.add_argument("--label", default="")
+    c.add_argument("--label", default="", help="a note for operators, shown by `claims list`")
     c.add_argument("--require-hardware", action="store_true", help="enrollment must carry hardware evidence")
     c.add_argument("--mqtt", metavar="HOST:PORT", help="zero-touch: each token also a broker credential that may only "
                    "enroll; prints a board claim file per token")
     c.set_defaults(run=_claims_create)
     c = claims.add_parser("list", help="list claims")
-    c.add_argument("--fleet")
+    c.add_argument("--fleet", help="only this fleet's claims")
     c.set_defaults(run=_claims_list)
     c = claims.add_parser("revoke", help="revoke a claim: no enrollment spends it from then on")
-    c.add_argument("claim_id", type=int)
-    c.add_argument("--reason", default="")
+    c.add_argument("claim_id", type=int, help="the claim's id (`claims list`)")
+    c.add_argument("--reason", default="", help="why, kept with the claim")
     c.set_defaults(run=_claims_revoke)
 
-    devices = groups.add_parser("devices", help="enrolled devices").add_subparsers(dest="command", required=True)
+    devices = groups.add_parser("devices", help="enrolled devices").add_subparsers(
+        dest="command", required=True, metavar="ACTION", help="what to do with devices")
     d = devices.add_parser("list", help="devices per fleet and owner")
-    d.add_argument("--fleet")
-    d.add_argument("--owner")
+    d.add_argument("--fleet", help="only this fleet's devices")
+    d.add_argument("--owner", help="only this owner's devices")
     d.set_defaults(run=_devices_list)
     for name, run, help_text in (("show", _devices_show, "one device"), ("revoke", _devices_revoke, "revoke a device"),
-                                 ("clear-lock", _devices_clear_lock, "clear a registration lock")):
+                                 ("clear-lock", _devices_clear_lock,
+                                  "clear a registration lock (its PIN and failed attempts)"),
+                                 ("unlock-backup", _devices_unlock_backup,
+                                  "unlock a device's backup locked after too many wrong passphrases")):
         d = devices.add_parser(name, help=help_text)
-        d.add_argument("device_id")
+        d.add_argument("device_id", help="the device's id")
         if name == "revoke":
-            d.add_argument("--reason", default="")
+            d.add_argument("--reason", default="", help="why, recorded with the revocation")
         d.set_defaults(run=run)
 
-    grp = groups.add_parser("groups", help="group membership on the broker").add_subparsers(dest="command",
-                                                                                            required=True)
+    grp = groups.add_parser("groups", help="group membership on the broker").add_subparsers(
+        dest="command", required=True, metavar="ACTION", help="add or remove members")
     for name in ("add", "remove"):
         g = grp.add_parser(name, help="%s members" % name)
-        g.add_argument("--fleet", required=True)
-        g.add_argument("--group", required=True)
-        g.add_argument("device_ids", nargs="+")
+        g.add_argument("--fleet", required=True, help="the members' fleet")
+        g.add_argument("--group", required=True, help="the group's name (its broker topic)")
+        g.add_argument("device_ids", nargs="+", help="the members' device ids")
         g.set_defaults(run=_groups)
 
-    cert = groups.add_parser("cert", help="certificates").add_subparsers(dest="command", required=True)
+    cert = groups.add_parser("cert", help="certificates").add_subparsers(
+        dest="command", required=True, metavar="ACTION", help="what to ask about a certificate")
     s = cert.add_parser("status", help="status of a certificate serial (hex)")
-    s.add_argument("serial")
+    s.add_argument("serial", help="the certificate's serial, 32 hex digits")
     s.set_defaults(run=_cert_status)
 
-    crl = groups.add_parser("crl", help="revocation list").add_subparsers(dest="command", required=True)
+    crl = groups.add_parser("crl", help="revocation list").add_subparsers(
+        dest="command", required=True, metavar="ACTION", help="what to do with the revocation list")
     s = crl.add_parser("show", help="fetch, verify and print the current revocation list")
     s.add_argument("--ca-keys", help="file of pinned CA public keys (base64 or hex, one per line)")
     s.set_defaults(run=_crl_show)
@@ -1064,29 +1112,31 @@ def _parser() -> argparse.ArgumentParser:
                    help="another file to copy, e.g. claim.json:e2ee_data/claim.json (repeatable)")
     f.set_defaults(board=_flash)
     f = groups.add_parser("provision", help="make the board's identity on the board and enroll it")
-    f.add_argument("--port", required=True)
+    f.add_argument("--port", required=True, help="serial port of the board")
     f.add_argument("--claim", required=True, help="enrollment claim token")
-    f.add_argument("--device-id", required=True)
-    f.add_argument("--fleet", required=True)
+    f.add_argument("--device-id", required=True, help="the board's device id")
+    f.add_argument("--fleet", required=True, help="the fleet the claim is for")
     f.add_argument("--one-time", type=int, default=20, help="one-time prekeys to generate and publish")
     f.add_argument("--force", action="store_true", help="replace an existing identity (re-enrollment)")
     f.set_defaults(board=_provision)
-    b = groups.add_parser("board", help="boards").add_subparsers(dest="command", required=True)
+    b = groups.add_parser("board", help="boards").add_subparsers(
+        dest="command", required=True, metavar="ACTION", help="what to do with a board")
     v = b.add_parser("virtual", help="run a virtual board (MicroPython unix port behind a pty)")
     v.add_argument("--flash", required=True, help="the board's flash directory")
-    v.add_argument("--profile", default="esp32", choices=["esp32", "rp2040", "unix"])
+    v.add_argument("--profile", default="esp32", choices=["esp32", "rp2040", "unix"],
+                   help="the board profile: heap size and platform (default: esp32)")
     v.set_defaults(board=_board_virtual)
     for name, run, help_text in (("backup", _board_backup, "back up a board's identity and settings"),
                                  ("restore", _board_restore, "restore a backup onto a fresh board")):
         v = b.add_parser(name, help=help_text)
-        v.add_argument("--port", required=True)
-        v.add_argument("--passphrase-file")
+        v.add_argument("--port", required=True, help="serial port of the board")
+        v.add_argument("--passphrase-file", help="backup passphrase (default: E2EE_BACKUP_PASSPHRASE or a prompt)")
         if name == "restore":
-            v.add_argument("--device-id", required=True)
+            v.add_argument("--device-id", required=True, help="the device id whose backup to restore")
         v.set_defaults(board=run)
 
     dev = groups.add_parser("dev", help="a development system on this machine").add_subparsers(
-        dest="command", required=True)
+        dest="command", required=True, metavar="ACTION", help="what to do with the development system")
     c = dev.add_parser("up", help="start the development broker and service wired together (until Ctrl-C) and "
                        "print what to export")
     c.add_argument("--dir", default="~/.e2ee-dev", help="their data, kept across runs (default: ~/.e2ee-dev)")
@@ -1095,12 +1145,12 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(board=_dev_up)
 
     client = groups.add_parser("client", help="a host client's install (identity, messages, links, backup)")
-    cs = client.add_subparsers(dest="command", required=True)
+    cs = client.add_subparsers(dest="command", required=True, metavar="ACTION", help="what the install does")
     c = cs.add_parser("init", help="make an identity here and enroll it")
-    c.add_argument("--device-id", required=True)
-    c.add_argument("--fleet", required=True)
-    c.add_argument("--claim", required=True)
-    c.add_argument("--one-time", type=int, default=20)
+    c.add_argument("--device-id", required=True, help="the install's device id")
+    c.add_argument("--fleet", required=True, help="the fleet the claim is for")
+    c.add_argument("--claim", required=True, help="enrollment claim token")
+    c.add_argument("--one-time", type=int, default=20, help="one-time prekeys to generate and publish")
     c.add_argument("--no-broker", action="store_true",
                    help="enroll even though the service gives no broker credentials (linking, backup and the relay "
                    "only; send and receive need `client renew` on a service with a broker)")
@@ -1111,22 +1161,22 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(board=_client_link_qr)
     c = cs.add_parser("link-approve", help="as the owner's primary, link the device whose QR payload this is")
     c.add_argument("--qr", required=True, help="the payload the new device shows (E2EE-LINK:...)")
-    c.add_argument("--owner", required=True)
+    c.add_argument("--owner", required=True, help="the owner both devices belong to")
     c.set_defaults(board=_client_link_approve)
     c = cs.add_parser("owner-devices", help="the owner's devices")
-    c.add_argument("--owner", required=True)
+    c.add_argument("--owner", required=True, help="the owner whose devices to list")
     c.set_defaults(board=_client_owner_devices)
     c = cs.add_parser("revoke-linked", help="revoke one of the owner's devices")
-    c.add_argument("--owner", required=True)
-    c.add_argument("device_id")
+    c.add_argument("--owner", required=True, help="the owner both devices belong to")
+    c.add_argument("device_id", help="the device to revoke")
     c.set_defaults(board=_client_revoke_linked)
     c = cs.add_parser("backup", help="seal this install's state under a passphrase and store it")
     c.set_defaults(board=_client_backup)
     c = cs.add_parser("restore", help="restore a backup into a new install")
-    c.add_argument("--device-id", required=True)
+    c.add_argument("--device-id", required=True, help="the device id whose backup to restore")
     c.set_defaults(board=_client_restore)
     c = cs.add_parser("renew", help="re-enroll this identity: new certificate and MQTT credentials")
-    c.add_argument("--claim", required=True)
+    c.add_argument("--claim", required=True, help="enrollment claim token")
     c.set_defaults(board=_client_renew)
     c = cs.add_parser("send", help="encrypt a message to a peer (or every device of an owner) and publish it")
     c.add_argument("peer", nargs="?", help="the peer's device id (not with --owner)")
@@ -1134,14 +1184,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--owner", help="send to every unrevoked device of this owner, each pairwise")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
     c = cs.add_parser("group-join", help="subscribe this install to a group's topic (messages wait while offline)")
-    c.add_argument("group")
+    c.add_argument("group", help="the group's name")
     c.add_argument("--members", action="append",
                    help="the other members' device ids, comma-separated (remembered): only their sender keys "
                         "are accepted")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
     c.set_defaults(board=_client_group_join)
     c = cs.add_parser("group-send", help="publish one Sender Key message to a group")
-    c.add_argument("group")
+    c.add_argument("group", help="the group's name")
     c.add_argument("text", help="the message; - reads it from stdin (one trailing newline dropped)")
     c.add_argument("--members", action="append",
                    help="the other members' device ids, comma-separated (remembered; needed the first time; "
@@ -1162,9 +1212,19 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("send", "receive", "renew", "group-join", "group-send"):
             continue
         sub.add_argument("--yes", action="store_true", help="answer yes to the check-code question")
-        sub.add_argument("--timeout", type=float, default=300.0)
+        sub.add_argument("--timeout", type=float, default=300.0,
+                         help="seconds to wait for the other device (linking; default: 300)")
         sub.add_argument("--passphrase-file", help="backup passphrase (default: E2EE_BACKUP_PASSPHRASE or a prompt)")
+    for sub in _subparsers(p):
+        _global_options(sub, below=True)
     return p
+
+
+def _refused(e: ApiError) -> str:
+    """The line for a service error: no answer at all (status 0) is not a refusal."""
+    if isinstance(e, ServiceUnreachable):
+        return "e2ee: %s" % e
+    return "e2ee: the service refused: %s" % e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1179,7 +1239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             out = args.run(client, args)
         except ApiError as e:
-            print("e2ee: the service refused: %s" % e, file=sys.stderr)
+            print(_refused(e), file=sys.stderr)
             return 1
         except certificate.CertificateError as e:
             print("e2ee: verification failed: %s: %s" % (type(e).__name__, e), file=sys.stderr)
@@ -1208,7 +1268,7 @@ def _run_board(args: argparse.Namespace) -> int:
         print("e2ee: %s" % e, file=sys.stderr)
         return 3
     except ApiError as e:
-        print("e2ee: the service refused: %s" % e, file=sys.stderr)
+        print(_refused(e), file=sys.stderr)
         return 1
     except SenderKeyError as e:  # a group message refused on this side (too long, chain exhausted)
         print("e2ee: %s: %s" % (type(e).__name__, e), file=sys.stderr)

@@ -27,7 +27,7 @@ from e2ee.protocol.certificate import Certificate
 from e2ee.protocol.keys import KeyFormatError, KeyStore, PrekeyBundle
 
 __all__ = ["ApiError", "BadAnswer", "Claims", "DeviceClient", "Enrolled", "NoBroker", "OperatorClient", "RelayEnvelope",
-           "RevocationListInfo", "ServiceClient"]
+           "RevocationListInfo", "ServiceClient", "ServiceUnreachable"]
 
 DEFAULT_TIMEOUT = 15.0
 # Ids per relay acknowledgement: the service's MAX_FETCH (e2ee_provisioning.api.routes.relay), the
@@ -51,6 +51,17 @@ class BadAnswer(ApiError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(502, detail)
+
+
+class ServiceUnreachable(ApiError):
+    """No answer from the service at `url` (refused, unreachable, timed out, connection broken):
+    status 0, as no HTTP status came back; `reason` is what the connection said."""
+
+    def __init__(self, url: object, error: Exception) -> None:
+        self.url = str(url).rstrip("/")
+        self.reason = str(error) or type(error).__name__
+        super().__init__(0, "the service at %s is unreachable: %s" % (self.url, self.reason))
+        self.args = (self.detail,)  # no "0 " in front: there was no answer to number
 
 
 class NoBroker(Exception):
@@ -142,7 +153,7 @@ class ServiceClient:
             r = self.http.request(method, path, headers=headers, content=content,
                                   params={k: v for k, v in params.items() if v is not None} if params else None)
         except httpx.HTTPError as e:
-            raise ApiError(0, "service unreachable at %s: %s" % (self.http.base_url, type(e).__name__)) from None
+            raise ServiceUnreachable(self.http.base_url, e) from None
         if r.status_code >= 400:
             raise ApiError(r.status_code, _detail(r))
         with _answer("%s %s" % (method, path)):
@@ -179,7 +190,7 @@ class ServiceClient:
         try:
             r = self.http.post("/backups/%s/fetch" % device_id, json={"auth": _b64(auth)})
         except httpx.HTTPError as e:
-            raise ApiError(0, "service unreachable at %s: %s" % (self.http.base_url, type(e).__name__)) from None
+            raise ServiceUnreachable(self.http.base_url, e) from None
         if r.status_code >= 400:
             raise ApiError(r.status_code, _detail(r))
         return r.content
@@ -249,6 +260,11 @@ class OperatorClient(ServiceClient):
 
     def clear_registration_lock(self, device_id: str) -> None:
         self._op("DELETE", "/devices/%s/registration-lock" % device_id)
+
+    def unlock_backup(self, device_id: str) -> None:
+        """Resets the wrong-passphrase counter of a device's backup, locked (423) after too many
+        wrong fetches (docs/backup.md)."""
+        self._op("DELETE", "/backups/%s/lock" % device_id)
 
     def certificate_status(self, serial: str) -> dict[str, Any]:
         return self._op("GET", "/certificates/%s" % serial)  # type: ignore[no-any-return]

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from e2ee.protocol import certificate, keys, linking
-from e2ee_host.client import ApiError, BadAnswer, DeviceClient, ServiceClient, _detail
+from e2ee_host.client import ApiError, BadAnswer, DeviceClient, ServiceClient, ServiceUnreachable, _detail
 
 __all__ = ["POLL", "LinkRefused", "NewDeviceLink", "Pace", "answer_consent", "approve", "fetch_slot", "put_slot",
            "qr_png", "qr_text"]
@@ -79,10 +79,10 @@ def _until_answered(service: ServiceClient, method: str, path: str, *, timeout: 
         try:
             r = service.http.request(method, path, content=content, headers=headers)
         except retried as e:
-            failure = ApiError(0, "service unreachable at %s: %s" % (service.http.base_url, type(e).__name__))
+            failure = ServiceUnreachable(service.http.base_url, e)
             pause = wait
         except httpx.HTTPError as e:
-            raise ApiError(0, "service unreachable at %s: %s" % (service.http.base_url, type(e).__name__)) from None
+            raise ServiceUnreachable(service.http.base_url, e) from None
         else:
             if r.status_code == 429:
                 failure = ApiError(429, "the service's rate limit refused every attempt for %.0f s" % timeout)

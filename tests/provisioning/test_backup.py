@@ -20,7 +20,7 @@ from e2ee.protocol.group import GroupSessions, NotMember
 from e2ee.protocol.keys import KeyStore
 from e2ee.protocol.session import NoSession, SessionManager
 from e2ee.protocol.store import RecordStore
-from e2ee_host import backup
+from e2ee_host import backup, cli
 from e2ee_host.client import ApiError, DeviceClient, OperatorClient
 
 PASSPHRASE = "correct horse battery staple 7"
@@ -99,7 +99,7 @@ def test_backup_restore_on_a_new_install_continues_conversations(live_server, tm
         backup.import_state(archive, new_root, new_key)
 
 
-def test_wrong_passphrase_is_clear_and_attempts_are_limited(live_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_passphrase_is_clear_and_attempts_are_limited(live_server, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     a = _enrolled(tmp_path, live_server.url, "alice-2")
     blob, auth = backup.seal(backup.export_state(a.root, a.storage_key), PASSPHRASE, FAST)
     a.client.put_backup(blob, auth)
@@ -125,8 +125,9 @@ def test_wrong_passphrase_is_clear_and_attempts_are_limited(live_server, tmp_pat
     assert metric(text, "e2ee_backup_lockouts_total", fleet="plant-north") == 1
     assert metric(text, "e2ee_backups_locked", fleet="plant-north") == 1
     assert metric(text, "e2ee_backup_uploads_total", fleet="plant-north") == 1
-    r = httpx.delete(live_server.url + "/backups/alice-2/lock", headers={"X-API-Key": OPERATOR_KEY})
-    assert r.status_code == 204
+    # the operator unlocks it with the CLI (DELETE /backups/{device_id}/lock)
+    assert cli.main(["devices", "unlock-backup", "alice-2", "--url", live_server.url, "--api-key", OPERATOR_KEY]) == 0
+    assert "backup of alice-2 unlocked" in capsys.readouterr().out
     assert a.client.fetch_backup("alice-2", auth) == blob
     text = httpx.get(live_server.url + "/metrics").text
     assert metric(text, "e2ee_backups_locked", fleet="plant-north") == 0
