@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import ProcessCollector
 
 from e2ee_host.fleet_ca import FileCAKeystore
+from e2ee_provisioning.api import openapi
 from e2ee_provisioning.api.channel import ServiceChannel, retire_revoked_claim
 from e2ee_provisioning.api.routes import (
     backups, ca, claims, devices, enrollment, groups, health, keys, links, me, metrics, relay, reports, revocations,
@@ -102,6 +103,8 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
                                             backups, links, relay, groups, reports)]
     for router in routers:
         app.include_router(router)
+    # security schemes, tags and the refusals of each route in /openapi.json (api/openapi.py)
+    openapi.install(app, [r for router in routers for r in router.routes])
     # every body capped while it streams in, before any route reads it (finding 9, D19)
     app.add_middleware(RefuseNul)  # no NUL reaches a query (finding 11)
     app.add_middleware(BodyLimit, default=settings.max_upload_bytes, routes=_body_limits(settings))

@@ -19,6 +19,7 @@ from e2ee_provisioning.api.deps import (
     DeviceAuth, DeviceBackupAuth, EnrollRateLimit, MetricsDep, OperatorAuth, SessionDep, SettingsDep,
     accept_signed_write, backup_body, device_is_revoked,
 )
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.blobstore import BlobStore
 from e2ee_provisioning.models import Backup, BackupFetch, BackupParams, Device, utcnow
 
@@ -53,7 +54,9 @@ def _own(auth: DeviceAuth | DeviceBackupAuth, device_id: str) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "a device manages only its own backup")
 
 
-@router.put("/{device_id}", response_model=BackupParams)
+@router.put("/{device_id}", response_model=BackupParams,
+            responses=refusals({403: "a device stores only its own backup",
+                                409: "the request timestamp is not newer than the device's last write"}))
 def put_backup(device_id: str, request: Request, auth: DeviceBackupAuth, session: SessionDep,
                body: Annotated[bytes, Depends(backup_body)], metrics: MetricsDep) -> BackupParams:
     """Body: SHA-256 of the fetch token (32 bytes) || the blob (e2ee_host.backup format)."""
@@ -86,14 +89,20 @@ def _params(backup: Backup) -> BackupParams:
                         lanes=backup.lanes, size=backup.size, updated_at=backup.updated_at)
 
 
-@router.get("/{device_id}/params", response_model=BackupParams, dependencies=[EnrollRateLimit])
+@router.get("/{device_id}/params", response_model=BackupParams, dependencies=[EnrollRateLimit],
+            responses=refusals({404: "no such device, or it has no backup"}))
 def get_params(device_id: str, session: SessionDep) -> BackupParams:
     """What a new install needs to derive the fetch token from the passphrase (public)."""
     return _params(_backup(session, _device(session, device_id)))
 
 
 @router.post("/{device_id}/fetch", dependencies=[EnrollRateLimit], response_class=Response,
-             responses={200: {"content": {"application/octet-stream": {}}}})
+             responses={200: {"content": {"application/octet-stream": {}}}, **refusals({
+                 403: "wrong passphrase (the attempts left are in the detail)",
+                 404: "no such device, or it has no backup",
+                 410: "the device is revoked",
+                 423: "locked after too many wrong passphrases: an operator unlocks it "
+                      "(DELETE /backups/{device_id}/lock)"})})
 def fetch_backup(device_id: str, body: BackupFetch, request: Request, session: SessionDep,
                  settings: SettingsDep, metrics: MetricsDep) -> Response:
     device = _device(session, device_id)
@@ -124,7 +133,10 @@ def fetch_backup(device_id: str, body: BackupFetch, request: Request, session: S
     return Response(blob, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
 
-@router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=refusals({403: "a device deletes only its own backup",
+                                   404: "the device has no backup",
+                                   409: "the request timestamp is not newer than the device's last write"}))
 def delete_backup(device_id: str, request: Request, auth: DeviceAuth, session: SessionDep) -> None:
     _own(auth, device_id)
     backup = _backup(session, auth.device)
@@ -135,7 +147,8 @@ def delete_backup(device_id: str, request: Request, auth: DeviceAuth, session: S
     session.commit()
 
 
-@router.delete("/{device_id}/lock", status_code=status.HTTP_204_NO_CONTENT, dependencies=[OperatorAuth])
+@router.delete("/{device_id}/lock", status_code=status.HTTP_204_NO_CONTENT, dependencies=[OperatorAuth],
+               responses=refusals({404: "no such device, or it has no backup"}))
 def unlock_backup(device_id: str, session: SessionDep) -> None:
     """An operator resets the wrong-attempt counter of a locked backup."""
     backup = _backup(session, _device(session, device_id))

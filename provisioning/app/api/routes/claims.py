@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from e2ee_provisioning.api.deps import MetricsDep, Offset, OperatorAuth, PageLimit, SessionDep
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.broker import BrokerError
 from e2ee_provisioning.models import (
     ClaimCreate, ClaimPublic, ClaimsCreated, EnrollmentClaim, RevokeRequest, utcnow,
@@ -92,7 +93,8 @@ def revoke_claim(*, session: Session, claim_id: int, reason: str) -> tuple[Enrol
     return claim, True
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ClaimsCreated)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ClaimsCreated,
+             responses=refusals({503: "claims with mqtt need the service to drive a broker"}))
 def post_claims(claim_in: ClaimCreate, request: Request, session: SessionDep, metrics: MetricsDep) -> ClaimsCreated:
     """`mqtt`: each token also becomes a broker credential that may only enroll over MQTT
     (zero-touch enrollment, docs/provisioning.md "Service channel"); 503 without a broker."""
@@ -116,7 +118,9 @@ def list_claims(session: SessionDep, fleet: str | None = None,
     return [to_public(c) for c in session.scalars(query)]
 
 
-@router.post("/{claim_id}/revoke", response_model=ClaimPublic)
+@router.post("/{claim_id}/revoke", response_model=ClaimPublic,
+             responses=refusals({404: "no such claim",
+                                 502: "the claim is revoked, but the broker did not remove its zero-touch credential"}))
 def post_revoke(claim_id: ClaimId, body: RevokeRequest, request: Request, session: SessionDep,
                 metrics: MetricsDep) -> ClaimPublic:
     """Revokes a claim: no enrollment spends it from now on (403), devices it enrolled keep their

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from e2ee_provisioning.api.deps import (
     CADep, MetricsDep, Offset, OperatorAuth, PageLimit, SessionDep, device_is_revoked,
 )
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.authority import current_revocation_list, publish_revocation_list
 from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
 from e2ee_provisioning.core.metrics import Metrics
@@ -58,7 +59,8 @@ def list_devices(session: SessionDep, fleet: str | None = None, owner: str | Non
     return [to_public(session, d) for d in session.scalars(query)]
 
 
-@router.get("/{device_id}", response_model=DevicePublic)
+@router.get("/{device_id}", response_model=DevicePublic,
+            responses=refusals({404: "no such device"}))
 def get_device(device_id: str, session: SessionDep) -> DevicePublic:
     return to_public(session, _device(session, device_id))
 
@@ -109,7 +111,11 @@ def revoke_and_notify(request: Request, session: Session, ca: object, metrics: M
                         revocation_list_version=version)
 
 
-@router.post("/{device_id}/revoke", response_model=RevokeResult)
+@router.post("/{device_id}/revoke", response_model=RevokeResult,
+             responses=refusals({404: "no such device",
+                                 409: "the device is already revoked",
+                                 502: "revoked, but the broker did not disable the device's client",
+                                 503: "the revocation list is contended; retry"}))
 def post_revoke(device_id: str, body: RevokeRequest, request: Request, session: SessionDep, ca: CADep,
                 metrics: MetricsDep) -> RevokeResult:
     """Revokes a device: no more bundles or signed requests, its certificates on the next signed
@@ -117,7 +123,8 @@ def post_revoke(device_id: str, body: RevokeRequest, request: Request, session: 
     return revoke_and_notify(request, session, ca, metrics, _device(session, device_id), body.reason)
 
 
-@router.delete("/{device_id}/registration-lock", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{device_id}/registration-lock", status_code=status.HTTP_204_NO_CONTENT,
+               responses=refusals({404: "no such device"}))
 def clear_registration_lock(device_id: str, session: SessionDep) -> None:
     """An operator clears a device's registration lock (the PIN and its failed attempts)."""
     device = _device(session, device_id)

@@ -31,6 +31,7 @@ from e2ee.protocol import enrollment, keys
 from e2ee.protocol.certificate import decode_certificate_unverified
 from e2ee_host.fleet_ca import CAKeystore, issue_certificate
 from e2ee_provisioning.api.deps import CADep, EnrollRateLimit, MetricsDep, SessionDep, SettingsDep, raw_body
+from e2ee_provisioning.api.openapi import OPERATOR, refusals
 from e2ee_provisioning.core.authority import current_revocation_list, publish_revocation_list
 from e2ee_provisioning.core.broker import BrokerAdmin, BrokerError
 from e2ee_provisioning.core.config import Settings
@@ -187,7 +188,18 @@ def _publish_revocation_list(broker: BrokerAdmin | None, fleet: str, data: bytes
                     fleet)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=EnrollmentResult)
+# the claim in the body authorizes an enrollment; an operator key (optional) a re-registration
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=EnrollmentResult,
+             openapi_extra={"security": [{}, OPERATOR]}, responses=refusals({
+                 401: "unknown or expired challenge, or the proof of possession does not verify",
+                 403: "the claim is unknown, revoked, expired, used up or for another fleet; hardware evidence "
+                      "missing or not verifying; an invalid operator key; a revoked identity; re-registration "
+                      "without the owner's claim or the recorded board",
+                 409: "the identity key or board is enrolled as another device, the device id in another fleet, "
+                      "or a concurrent enrollment won; retry",
+                 423: "registration lock: the identity needs its PIN, the PIN is wrong, or too many wrong PINs "
+                      "(an operator clears the lock)",
+                 503: "hardware evidence cannot be verified here, or the broker did not accept the device; retry"}))
 def post_enroll(req: EnrollmentRequest, request: Request, session: SessionDep, settings: SettingsDep,
                 metrics: MetricsDep, ca: CADep,
                 x_api_key: Annotated[str | None, Header()] = None) -> EnrollmentResult:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, status
 from sqlalchemy import select
 
 from e2ee_provisioning.api.deps import OperatorAuth, SessionDep, device_is_revoked
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.broker import BrokerError
 from e2ee_provisioning.models import Device
 
@@ -30,7 +31,11 @@ def _member(request: Request, session: SessionDep, fleet: str, device_id: str): 
     return broker, device
 
 
-@router.put("/{fleet}/{group}/members/{device_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.put("/{fleet}/{group}/members/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
+            responses=refusals({404: "no such device in the fleet",
+                                410: "the device is revoked",
+                                502: "the broker refused the change",
+                                503: "this service drives no broker"}))
 def add_member(fleet: Name, group: Name, device_id: Name, request: Request, session: SessionDep) -> None:
     broker, device = _member(request, session, fleet, device_id)
     if device_is_revoked(session, device):
@@ -43,7 +48,9 @@ def add_member(fleet: Name, group: Name, device_id: Name, request: Request, sess
     log.info("%s joined group %s/%s", device_id, fleet, group)
 
 
-@router.delete("/{fleet}/{group}/members/{device_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{fleet}/{group}/members/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=refusals({404: "no such device in the fleet, or not a member",
+                                   503: "this service drives no broker"}))
 def remove_member(fleet: Name, group: Name, device_id: Name, request: Request, session: SessionDep) -> None:
     broker, _ = _member(request, session, fleet, device_id)
     try:

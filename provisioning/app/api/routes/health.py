@@ -9,12 +9,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from e2ee_provisioning.api.deps import SessionDep
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.models import ServiceTime
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz",
+            responses=refusals({503: "the database is unavailable"}))
 def healthz(session: SessionDep) -> dict[str, str]:
     try:
         session.execute(text("SELECT 1"))

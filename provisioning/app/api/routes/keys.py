@@ -19,6 +19,7 @@ from e2ee_provisioning.api.deps import (
     BundleRateLimit, DeviceAuth, MetricsDep, RequesterAuth, SessionDep, SettingsDep, accept_signed_write,
     device_is_revoked,
 )
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.models import (
@@ -62,7 +63,8 @@ def _validated(device: Device, upload: PrekeyUpload, stored: SignedPrekey | None
     return base, with_opks
 
 
-@router.post("", response_model=InventoryPublic)
+@router.post("", response_model=InventoryPublic,
+             responses=refusals({409: "a one-time prekey id is taken, or the request timestamp is not newer than the last upload"}))
 def upload_prekeys(upload: PrekeyUpload, auth: DeviceAuth, session: SessionDep, settings: SettingsDep,
                    metrics: MetricsDep) -> InventoryPublic:
     """Stores a device's new signed prekey and/or one-time prekeys (signed by the device)."""
@@ -108,7 +110,9 @@ def _device(session: Session, device_id: str) -> Device:
     return device
 
 
-@router.get("/{device_id}/inventory", response_model=InventoryPublic)
+@router.get("/{device_id}/inventory", response_model=InventoryPublic,
+            responses=refusals({403: "a device reads only its own inventory",
+                                404: "no such device"}))
 def get_inventory(device_id: str, requester: RequesterAuth, session: SessionDep,
                   settings: SettingsDep) -> InventoryPublic:
     """The device's stored one-time prekey count and whether it should replenish; for operators
@@ -132,7 +136,9 @@ def take_one_time_prekey(*, session: Session, device: Device) -> tuple[int, byte
     return None if row is None else (row[0], row[1])
 
 
-@router.get("/{device_id}/bundle", response_model=BundlePublic)
+@router.get("/{device_id}/bundle", response_model=BundlePublic,
+            responses=refusals({404: "no such device, or it has published no signed prekey",
+                                410: "the device is revoked"}))
 def get_bundle(device_id: str, requester: BundleRateLimit, session: SessionDep, metrics: MetricsDep,
                response: Response) -> BundlePublic:
     """A prekey bundle for starting a session with the device (docs/protocol.md §2): its signed

@@ -20,6 +20,7 @@ from e2ee_provisioning.api.deps import (
     CADep, DeviceAuth, EnrollRateLimit, MetricsDep, RequesterAuth, SessionDep, accept_signed_write,
     device_is_revoked, raw_body,
 )
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.api.routes.devices import revoke_and_notify
 from e2ee_provisioning.models import (
     Certificate, Device, DeviceIdentity, Link, LinkApproval, OwnerDevicePublic, RendezvousMessage, RevokeRequest, RevokeResult, utcnow,
@@ -34,7 +35,9 @@ Channel = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 Slot = Literal["offer", "answer"]
 
 
-@router.put("/rendezvous/{channel}/{slot}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[EnrollRateLimit])
+@router.put("/rendezvous/{channel}/{slot}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[EnrollRateLimit],
+            responses=refusals({409: "this rendezvous slot is already written",
+                                413: "the payload is over the slot's size"}))
 def put_rendezvous(channel: Channel, slot: Slot, session: SessionDep,
                    body: Annotated[bytes, Depends(raw_body)]) -> None:
     """Leaves one sealed message for the other side (ciphertext only; written once)."""
@@ -53,7 +56,8 @@ def put_rendezvous(channel: Channel, slot: Slot, session: SessionDep,
 
 
 @router.get("/rendezvous/{channel}/{slot}", dependencies=[EnrollRateLimit],
-            response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+            response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}, **refusals({404: "nothing here yet"})})
 def get_rendezvous(channel: Channel, slot: Slot, session: SessionDep) -> Response:
     data = session.scalar(select(RendezvousMessage.data).where(
         RendezvousMessage.channel == channel, RendezvousMessage.slot == slot,
@@ -63,7 +67,9 @@ def get_rendezvous(channel: Channel, slot: Slot, session: SessionDep) -> Respons
     return Response(data, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
 
-@router.get("/identities/{device_id}", response_model=DeviceIdentity)
+@router.get("/identities/{device_id}", response_model=DeviceIdentity,
+            responses=refusals({404: "no such device in this fleet, or it has no valid certificate",
+                                410: "the device is revoked"}))
 def get_identity(device_id: str, requester: RequesterAuth, session: SessionDep) -> DeviceIdentity:
     """A device's identity keys and newest certificate, for a primary checking a QR fingerprint
     (operators, and devices of the same fleet)."""
@@ -90,7 +96,13 @@ def _belongs(session: Session, device: Device, owner: str) -> bool:
     return device.owner == owner
 
 
-@router.post("/links", status_code=status.HTTP_201_CREATED)
+@router.post("/links", status_code=status.HTTP_201_CREATED,
+             responses=refusals({403: "the approver is not a device of the owner, the device is in another fleet, "
+                                      "or its consent does not verify",
+                                 404: "no such device",
+                                 409: "the device is already linked or belongs to another owner, or the request "
+                                      "timestamp is not newer than the approver's last write",
+                                 410: "the device is revoked"}))
 def post_link(body: LinkApproval, auth: DeviceAuth, session: SessionDep, metrics: MetricsDep) -> dict[str, str]:
     """The owner's primary (a device of that owner) records a link, with its signature and the
     new device's consent (docs/linking.md §3)."""
@@ -162,7 +174,12 @@ def owner_devices(owner: str, requester: RequesterAuth, session: SessionDep,
     return out
 
 
-@router.post("/owners/{owner}/devices/{device_id}/revoke", response_model=RevokeResult)
+@router.post("/owners/{owner}/devices/{device_id}/revoke", response_model=RevokeResult,
+             responses=refusals({403: "only a device of the owner revokes its devices",
+                                 404: "the owner has no such device",
+                                 409: "the device is already revoked",
+                                 502: "revoked, but the broker did not disable the device's client",
+                                 503: "the revocation list is contended; retry"}))
 def owner_revoke(owner: str, device_id: str, body: RevokeRequest, request: Request, auth: DeviceAuth,
                  session: SessionDep, ca: CADep, metrics: MetricsDep) -> RevokeResult:
     """The owner revokes one of its devices from another of its devices (a lost phone, a stolen board)."""

@@ -13,6 +13,7 @@ from sqlalchemy import delete, select
 from e2ee_provisioning.api.deps import (
     MAX_SQL_INTEGER, DeviceAuth, MetricsDep, RelayId, SessionDep, device_is_revoked,
 )
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.broker import BrokerError
 from e2ee_provisioning.models import Device, RelayClient, RelayMessage, RelayMessagePublic, RelaySend, utcnow
 
@@ -36,7 +37,8 @@ def _broker(request: Request):  # type: ignore[no-untyped-def]
     return broker
 
 
-@router.post("/register", status_code=status.HTTP_204_NO_CONTENT)
+@router.post("/register", status_code=status.HTTP_204_NO_CONTENT,
+             responses=refusals({503: "this service relays no messages (no broker)"}))
 def register(request: Request, auth: DeviceAuth, session: SessionDep) -> None:
     """From now on the service keeps what arrives in this device's inbox for it to fetch."""
     _broker(request)
@@ -45,7 +47,11 @@ def register(request: Request, auth: DeviceAuth, session: SessionDep) -> None:
         session.commit()
 
 
-@router.post("/messages", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/messages", status_code=status.HTTP_202_ACCEPTED,
+             responses=refusals({403: "a device writes only to inboxes of its own fleet",
+                                 404: "no such device in this fleet",
+                                 410: "the device is revoked",
+                                 503: "no broker, or the broker did not take the message; retry"}))
 def send(body: RelaySend, request: Request, auth: DeviceAuth, session: SessionDep,
          metrics: MetricsDep) -> dict[str, str]:
     broker = _broker(request)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from e2ee_provisioning.api.deps import AuthenticatedDevice, DeviceAuth, MetricsDep
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.core.ratelimit import TokenBuckets
 
@@ -51,6 +52,7 @@ def record_report(report: ClientReport, auth: AuthenticatedDevice, buckets: Toke
             metrics.inc("e2ee_client_events_total", count, fleet=fleet, event=event)
 
 
-@router.post("/reports", status_code=status.HTTP_204_NO_CONTENT)
+@router.post("/reports", status_code=status.HTTP_204_NO_CONTENT,
+             responses=refusals({429: "the device's report rate limit; Retry-After says when to retry"}))
 def post_report(report: ClientReport, request: Request, auth: DeviceAuth, metrics: MetricsDep) -> None:
     record_report(report, auth, request.app.state.report_buckets, metrics)

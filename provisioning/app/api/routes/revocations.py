@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from e2ee.protocol.certificate import decode_revocation_list_unverified
 from e2ee_provisioning.api.deps import CADep, RequesterAuth, SessionDep
+from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.authority import current_revocation_list
 from e2ee_provisioning.models import Certificate, CertificateStatus, Device, RevocationListPublic
 
@@ -27,7 +28,8 @@ def get_revocation_list(session: SessionDep, ca: CADep, response: Response) -> R
                                 revocation_list=record.data, ca_keys=ca.public_keys())
 
 
-@router.get("/certificates/{serial}", response_model=CertificateStatus)
+@router.get("/certificates/{serial}", response_model=CertificateStatus,
+            responses=refusals({404: "no certificate with this serial"}))
 def get_certificate_status(serial: str, requester: RequesterAuth, session: SessionDep) -> CertificateStatus:
     """good, revoked or expired; 404 for a serial the CA never issued."""
     try:
