@@ -1,4 +1,5 @@
-"""The main demo (README's first command): the protocol core across runtimes.
+"""The protocol-only demo (`python -m e2ee_host.demo`; the main demo is e2ee_host.system_demo): the
+protocol core across runtimes.
 
 A MicroPython device (the real unix-port binary running firmware/examples/session_demo.py with the
 SDK compiled to .mpy) and this CPython host each run a SessionManager (docs/protocol.md §6) with
@@ -9,8 +10,8 @@ Then the device loses power (SIGKILL), boots again from its flash and the conver
 
 Printed: what each side sees (plaintexts, both identities' fingerprints, stored session sizes),
 and what the wire carries: envelope type, size, message number and a prefix of the ciphertext.
-Everything it starts is stopped and its temporary directory removed. Later issues grow it into the
-full system demo (provisioning service, Mosquitto, several devices).
+Everything it starts is stopped and its temporary directory removed. The full system (provisioning
+service, Mosquitto, virtual boards, a host) is the main demo, `scripts/demo`.
 """
 from __future__ import annotations
 
