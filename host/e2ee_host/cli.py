@@ -1039,7 +1039,12 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="e2ee", description="e2ee-iot operator commands (provisioning service)")
+    p = argparse.ArgumentParser(
+        prog="e2ee", description="e2ee-iot: the provisioning service's operator commands, boards, host client "
+        "installs and a development system",
+        epilog="--url, --api-key and --json go before or after the subcommand. Exit status: 0 done, 1 the service "
+        "refused or did not answer, 2 usage or verification error, 3 the board, the install or the broker is "
+        "missing, busy or refused. `e2ee COMMAND [ACTION] --help` for each command's options.")
     p.add_argument("--version", action="version", version="%(prog)s " + _version(),
                    help="print the installed e2ee-iot version and exit")
     _global_options(p, below=False)
