@@ -54,6 +54,10 @@ class Upkeep:
         self.on_event = on_event
         self.published = None  # one-time prekeys the service holds, as last told
         self.busy = False
+        # an upload the inventory's answer asked for (True: with the signed prekey), made at the
+        # next step(): answers arrive inside the link's packet handling, which may be waiting for
+        # another publish's PUBACK, and a publish from there would nest in that wait
+        self._due_upload = None
         self._next = 0  # when to check next (Unix seconds); 0: at once
         self._held = sessions.keystore.one_time_prekey_count()  # a drop: a session start used one
         self._synced_at = None  # the service's ms at the last sync_time() this upkeep asked
@@ -79,6 +83,10 @@ class Upkeep:
     # One turn: at most one request goes out; nothing while one is in flight.
     def step(self):
         if self.busy:
+            return
+        if self._due_upload is not None:  # decided in an answer's callback, published here
+            spk, self._due_upload = self._due_upload, None
+            self._upload(spk)
             return
         now = self.service.now_ms()
         if now is None or (self._synced_at is not None and now - self._synced_at >= _RESYNC_MS):
@@ -138,9 +146,9 @@ class Upkeep:
             return
         self.published = published
         if spk_id != self.sessions.keystore.spk_id:
-            self._upload(True)  # a rotation whose upload was lost
+            self._due_upload = True  # a rotation whose upload was lost
         elif self.published < self.target:
-            self._upload(False)
+            self._due_upload = False
         else:
             self._later(self.check_every)
 
