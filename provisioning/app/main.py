@@ -61,13 +61,19 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         owned = None  # a broker admin made here (not one passed in) is closed here
+        relay = RelayBridge(app.state.sessionmaker, app.state.metrics)
+        jetstream = None
+        if settings.relay_jetstream_url:  # the relay consumes JetStream, not the admin's MQTT session
+            from e2ee_provisioning.core.jetstream import JetStreamRelay
+            jetstream = JetStreamRelay(settings.relay_jetstream_url, settings.relay_jetstream_stream,
+                                       settings.relay_jetstream_durable, relay.on_inbox).start()
         if app.state.broker is None and settings.broker_admin_user:
             from e2ee_host.broker import DynSec
             tls_ca = settings.broker_admin_tls_ca
             owned = app.state.broker = DynSec(
                 settings.broker_admin_host, settings.broker_admin_port, settings.broker_admin_user,
                 settings.broker_admin_password.get_secret_value(), client_id="e2ee-provisioning",
-                on_inbox=RelayBridge(app.state.sessionmaker, app.state.metrics).on_inbox,
+                on_inbox=relay.on_inbox if jetstream is None else None,
                 tls_ca=str(tls_ca) if tls_ca else None, on_request=ServiceChannel(app).on_request,
                 observe=app.state.metrics.observe_broker)
             if settings.broker_sites.get_secret_value():
@@ -77,6 +83,8 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
                 ensure_revocation_list(session, app.state.ca)
             yield
         finally:
+            if jetstream is not None:  # before the database goes: its last store is acknowledged
+                jetstream.close()
             if owned is not None:  # before the database goes: the relay's last store finishes first
                 owned.close()
                 app.state.broker = None

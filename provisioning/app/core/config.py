@@ -102,6 +102,12 @@ class Settings(DatabaseSettings):
     # gateway"): a JSON list of their admins, [{"host": ..., "port": ..., "user": ..., "password":
     # ..., "tls_ca": ... (optional)}]; devices' credentials are created and disabled on each too.
     broker_sites: SecretStr = SecretStr("")
+    # The relay's source (docs/broker.md, "Relay over JetStream"): empty, the broker admin's MQTT
+    # session (the single-node default); a NATS URL, the durable pull consumer relay_jetstream_durable
+    # on the stream relay_jetstream_stream there (the stream is the operator's: made beforehand).
+    relay_jetstream_url: str = ""
+    relay_jetstream_stream: str = "E2EE_INBOX"
+    relay_jetstream_durable: str = "e2ee-relay"
     # Encrypted backups (docs/backup.md): where blobs go ("file": backup_dir, default
     # data_dir/backups; "s3": an S3-compatible bucket through boto3, credentials from the usual
     # AWS_* variables), the largest blob, and wrong fetch attempts before the backup locks.
