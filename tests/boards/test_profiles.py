@@ -94,8 +94,9 @@ def test_freeze_manifests(board: str) -> None:
     assert "crypto/_host.py" not in files and not [f for f in files if f.startswith("crypto/_pure/")]
     wokwi = run_manifest(BOARDS / board / "manifest_wokwi.py")
     modules = {c[1][0]: c[2]["_dir"] / c[2]["base_path"] / c[1][0] for c in wokwi if c[0] == "module"}
-    assert set(modules) == {"selftest.py", "main.py"} and all(p.is_file() for p in modules.values())
+    assert set(modules) == {"selftest.py", "sensor_node.py", "main.py"} and all(p.is_file() for p in modules.values())
     assert modules["selftest.py"].resolve() == SELFTEST
+    assert modules["sensor_node.py"].resolve() == SELFTEST.parent / "sensor_node.py"  # what boards/wokwi/main.py runs
 
 
 @pytest.mark.parametrize("backend,present,absent", [("pure", "_pure", "_viper"), ("none", None, "_")])
