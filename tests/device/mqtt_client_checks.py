@@ -142,6 +142,13 @@ def check_encoding():
     c = streamed(b"\x40\x02\x00\x01")  # its PUBACK is waiting already
     c.publish(b"a/b", b"hi", retain=True, qos=1)
     check(bytes(c.sock.out) == b"\x33\x09\x00\x03a/b\x00\x01hi", "PUBLISH QoS 1 %r" % bytes(c.sock.out))
+    # a QoS 1 publish from the callback while another waits (nested): the inner one reads the
+    # outer one's PUBACK first; both complete
+    c = streamed(b"\x30\x05\x00\x01tXY" b"\x40\x02\x00\x01" b"\x40\x02\x00\x02")
+    c.set_callback(lambda topic, msg: c.publish(b"i", b"in", qos=1))
+    c.publish(b"o", b"out", qos=1)
+    check(bytes(c.sock.out) == b"\x32\x08\x00\x01o\x00\x01out" b"\x32\x07\x00\x01i\x00\x02in" and not c._acked,
+          "nested QoS 1 publishes %r" % bytes(c.sock.out))
     c = streamed(b"\x90\x03\x00\x01\x01")
     check(c.subscribe("a/+", 1) == 1, "granted QoS")
     check(bytes(c.sock.out) == b"\x82\x08\x00\x01\x00\x03a/+\x01", "SUBSCRIBE %r" % bytes(c.sock.out))

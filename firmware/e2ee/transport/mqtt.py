@@ -46,6 +46,7 @@ MAX_REMAINING = const(268435455)  # §2.2.3: the most four remaining-length byte
 # broker's delayed ACK), about 40 ms per message. Receipts and commands fit; a larger envelope is
 # written in pieces rather than copied whole.
 _ONE_WRITE = const(1024)
+_ACKS_KEPT = const(8)  # PUBACKs kept for waiting publishes: publishes nested that deep in callbacks
 
 
 class MQTTException(Exception):
@@ -133,7 +134,9 @@ class MQTTClient:
         self._mv2 = self._mv[:2]
         self._stream = False
         self._into = self._out = self._settimeout = None
-        self._acked = 0  # packet id of the last PUBACK
+        # packet ids of PUBACKs whose publish() has not seen them yet: a publish made from the
+        # callback while another waits for its PUBACK (nested) may read the outer one's
+        self._acked = []
         self._subacked = 0  # packet id of the last SUBACK
         self._granted = 0  # its return code
 
@@ -334,8 +337,10 @@ class MQTTClient:
                 self._out(self._mv2)
             self._out(msg)
         if qos:
-            while self._acked != pid:  # messages arriving meanwhile go to the callback
+            acked = self._acked
+            while pid not in acked:  # messages arriving meanwhile go to the callback
                 self.wait_msg()
+            acked.remove(pid)
 
     # Subscribes to one topic filter; returns the granted QoS. SubscribeRefused(0x80) when the
     # broker refuses it.
@@ -395,7 +400,10 @@ class MQTTClient:
                 raise MalformedPacket("%02x of %d bytes" % (first, size))
             pid = self._u16()
             if kind == _PUBACK:
-                self._acked = pid
+                acked = self._acked
+                acked.append(pid)
+                if len(acked) > _ACKS_KEPT:  # one whose publish gave up (a timeout): forgotten
+                    acked.pop(0)
             else:  # the broker completing a dropped QoS 2 message (_publish_in)
                 self._ack(_PUBCOMP, pid)
         elif kind == _SUBACK:
