@@ -23,7 +23,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,40 +37,14 @@ from e2ee_host.client import OperatorClient
 from e2ee_host.install import HostInstall
 from e2ee_host.messenger import Messenger
 from e2ee_host.service import ServiceProcess
-from e2ee_host.virtual_board import BOARD_PROFILES, MPY_SDK_HEAP_KB, VirtualBoard
+from e2ee_host.virtual_board import BOARD_PROFILES, MPY_SDK_HEAP_KB, SerialTap, VirtualBoard
 
 MAIN = ROOT / "bench" / "board_node_main.py"
 OPERATOR_KEY = "bench-board-operator-key-7d1e"
 MPY_HEAP = "%dK" % (int(BOARD_PROFILES["esp32"].heap[:-1]) + MPY_SDK_HEAP_KB + 56)  # tests/broker/test_node_field.py
 
 
-class Serial:
-    """The board's serial line, read only: its lines."""
-
-    def __init__(self, port: str) -> None:
-        self.fd = os.open(port, os.O_RDONLY | os.O_NOCTTY)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        tail = b""
-        while True:
-            try:
-                data = os.read(self.fd, 4096)
-            except OSError:
-                return
-            tail += data
-            *done, tail = tail.split(b"\n")
-            self.lines += [line.decode(errors="replace").rstrip("\r") for line in done]
-
-    def words(self, prefix: str, since: int = 0) -> list[str] | None:
-        for line in self.lines[since:]:
-            if prefix in line:  # the first line after a prompt may begin with its ">"
-                return line[line.index(prefix):].split()
-        return None
-
-
-def _wait(serial: Serial, prefix: str, host: Messenger, since: int = 0, timeout: float = 90) -> tuple[list[str], float]:
+def _wait(serial: SerialTap, prefix: str, host: Messenger, since: int = 0, timeout: float = 90) -> tuple[list[str], float]:
     t0 = time.monotonic()
     while (words := serial.words(prefix, since)) is None:
         if any("Traceback" in line for line in serial.lines[since:]) or time.monotonic() - t0 > timeout:
@@ -121,7 +94,7 @@ def run(tmp: Path, frozen: str | None) -> dict[str, Any]:
                 flash(str(board.port), MAIN, files=files)
                 board.power_cut()
             try:
-                serial = Serial(board.port)
+                serial = SerialTap(board.port)
                 t0 = time.monotonic()
                 board.boot()
                 enrolled, _ = _wait(serial, "bench enrolled", host)

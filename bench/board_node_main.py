@@ -9,14 +9,10 @@ import gc
 import time
 
 t0 = time.ticks_ms()
+from e2ee import board  # noqa: E402
 from e2ee.node import CLAIM_FILE, Node, load_config, tls_options  # noqa: E402
 
-try:
-    open(CLAIM_FILE).close()
-    claim = True
-except OSError:
-    claim = False
-if claim:
+if board.exists(CLAIM_FILE):
     import sys
 
     from e2ee import enroll

@@ -5,7 +5,7 @@
 import json
 
 import selftest  # noqa: F401  (runs on import and prints E2EE SELFTEST PASS/FAIL)
-from e2ee import net
+from e2ee import board, net
 from e2ee.node import CLAIM_FILE, load_config
 
 config = load_config()
@@ -14,12 +14,10 @@ try:
     print("E2EE NET", net.up(config))
 except Exception as e:  # no Wi-Fi: the self test's verdict stands, the node cannot run
     print("E2EE NET down", type(e).__name__, e)
-try:
-    open(CLAIM_FILE).close()
-    ready = True
-except OSError:
+ready = board.exists(CLAIM_FILE)
+if not ready:
     from e2ee.provision import status
-    ready = '"enrolled": true' in status()
+    ready = json.loads(status())["enrolled"]
 if ready:
     import sensor_node  # noqa: F401  (runs the node until it stops)
 else:

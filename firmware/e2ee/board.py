@@ -33,6 +33,15 @@ def _read(path):
         return None
 
 
+# True when a file (or directory) is at path.
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
 def _ensure_dir(path):
     try:
         os.mkdir(path)

@@ -53,17 +53,9 @@ class EnrollError(Exception):
         self.detail = detail
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 # True when a claim file waits and the board is not enrolled yet.
 def pending():
-    if not _exists(CLAIM_FILE):
+    if not board.exists(CLAIM_FILE):
         return False
     from e2ee import provision
     return not json.loads(provision.status())["enrolled"]

@@ -27,7 +27,6 @@
 # credentials REFUSALS times in a row (CONNACK 4 or 5: the operator revoked it, which deletes its
 # broker account before the list is published, so a revoked board never sees the list).
 import json
-import os
 
 from e2ee import board
 
@@ -45,14 +44,6 @@ _BAD_CREDENTIALS = (4, 5)  # CONNACK: bad user name or password, not authorised
 
 class NodeStopped(Exception):
     pass
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 # Drops modules only enrollment needed, so their code and globals can be collected.
@@ -121,7 +112,7 @@ class Node:
         tls = tls_options(config)
         if client_class is None:
             from e2ee.transport.mqtt import MQTTClient as client_class
-        if _exists(CLAIM_FILE):  # (e2ee.enroll itself is not loaded on an enrolled board's boots)
+        if board.exists(CLAIM_FILE):  # (e2ee.enroll itself is not loaded on an enrolled board's boots)
             from e2ee import enroll
             if enroll.pending():
                 enroll.by_claim(client_class, **tls)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from e2ee_host import micropython as e2ee_micropython
 
-__all__ = ["BOARD_PROFILES", "BoardProfile", "VirtualBoard", "VirtualBoardError"]
+__all__ = ["BOARD_PROFILES", "BoardProfile", "SerialTap", "VirtualBoard", "VirtualBoardError"]
 
 
 class VirtualBoardError(RuntimeError):
@@ -486,3 +486,43 @@ def _catches_sigint(pid: int) -> bool:
     except OSError:
         pass
     return False
+
+
+class SerialTap:
+    """A board's serial line opened for reading only: the lines the board prints, in `lines`
+    (a reader thread), while the host sends nothing (a board on its own; VirtualBoard.host_bytes
+    stays as it was). Open it before the board prints what is to be read: a virtual board drops
+    its output while nobody has the port open."""
+
+    def __init__(self, port: str) -> None:
+        self.fd = os.open(port, os.O_RDONLY | os.O_NOCTTY)
+        self.lines: list[str] = []
+        self._closed = False
+        threading.Thread(target=self._read, name="serial-tap", daemon=True).start()
+
+    def _read(self) -> None:
+        tail = b""
+        while not self._closed:
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:
+                return
+            tail += data
+            *done, tail = tail.split(b"\n")
+            self.lines += [line.decode(errors="replace").rstrip("\r") for line in done]
+
+    def count(self, prefix: str, since: int = 0) -> int:
+        """Lines from index `since` on that start with prefix."""
+        return sum(1 for line in self.lines[since:] if line.startswith(prefix))
+
+    def words(self, text: str, since: int = 0) -> list[str] | None:
+        """The words of the first line from index `since` on that holds text, from text on (the
+        first line after a REPL prompt begins with its ">"); None when there is none yet."""
+        for line in self.lines[since:]:
+            if text in line:
+                return line[line.index(text):].split()
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        os.close(self.fd)

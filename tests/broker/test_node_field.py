@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,13 +18,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from e2ee.protocol import session
+from e2ee_host import cli
 from e2ee_host.board_link import flash
 from e2ee_host.broker import MosquittoProcess
 from e2ee_host.client import OperatorClient
 from e2ee_host.install import HostInstall
 from e2ee_host.messenger import Messenger
 from e2ee_host.service import ServiceProcess
-from e2ee_host.virtual_board import BOARD_PROFILES, MPY_SDK_HEAP_KB, VirtualBoard
+from e2ee_host.virtual_board import BOARD_PROFILES, MPY_SDK_HEAP_KB, SerialTap, VirtualBoard
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "firmware" / "examples" / "sensor_node.py"
@@ -51,36 +50,8 @@ def system(tmp_path_factory) -> Iterator[tuple[MosquittoProcess, ServiceProcess]
             yield broker, service
 
 
-class Serial:
-    """The board's serial line, opened for reading only: the lines it prints."""
-
-    def __init__(self, port: str) -> None:
-        self.fd = os.open(port, os.O_RDONLY | os.O_NOCTTY)
-        self.lines: list[str] = []
-        self._closed = False
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        tail = b""
-        while not self._closed:
-            try:
-                data = os.read(self.fd, 4096)
-            except OSError:
-                return
-            tail += data
-            *done, tail = tail.split(b"\n")
-            self.lines += [line.decode(errors="replace").rstrip("\r") for line in done]
-
-    def count(self, prefix: str, since: int = 0) -> int:
-        return sum(1 for line in self.lines[since:] if line.startswith(prefix))
-
-    def close(self) -> None:
-        self._closed = True
-        os.close(self.fd)
-
-
 def _until(done: Callable[[], bool], timeout: float, what: str, pump: Messenger | None = None,
-           serial: Serial | None = None) -> None:
+           serial: SerialTap | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         if serial is not None and any("Traceback" in line for line in serial.lines):
@@ -95,7 +66,7 @@ def _until(done: Callable[[], bool], timeout: float, what: str, pump: Messenger 
 
 
 def test_a_flashed_board_enrolls_talks_keeps_its_keys_reboots_and_stops_when_revoked(  # type: ignore[no-untyped-def]
-        system, tmp_path) -> None:
+        system, tmp_path, capsys) -> None:
     """Packets: (board, TLS listener) CONNECT as claim:<id>, the enrollment requests on
     .../enroll/<id>/req and their answers; CONNECT as the device, SUBSCRIBE inbox, crl, svc resp;
     GET /keys/gw-1/bundle on .../svc/<id>/req; PreKeyMessage and messages to gw-1's inbox, gw-1's
@@ -104,13 +75,14 @@ def test_a_flashed_board_enrolls_talks_keeps_its_keys_reboots_and_stops_when_rev
     broker, service = system
     operator = OperatorClient(service.url, OPERATOR_KEY)
     fleet = "plant-" + secrets.token_hex(3)
-    claim = operator.create_claims(fleet, mqtt=True)
+    # the operator's claim file (e2ee claims create --mqtt: broker address, claim, token, CA keys)
+    assert cli.main(["--url", service.url, "--api-key", OPERATOR_KEY, "--json", "claims", "create", "--fleet", fleet,
+                     "--mqtt", "localhost:%d" % broker.tls_port]) == 0
+    claim = json.loads(capsys.readouterr().out)["claim_files"][0]
+    assert claim["ca_keys"] == [base64.b64encode(k).decode() for k in operator.ca_keys()]
     files = tmp_path / "files"
     files.mkdir()
-    (files / "claim.json").write_text(json.dumps({
-        "fleet": fleet, "host": "localhost", "port": broker.tls_port, "claim": int(claim.claims[0]["id"]),
-        "token": claim.tokens[0], "ca_keys": [base64.b64encode(k).decode() for k in operator.ca_keys()],
-        "device_id": "sensor-1"}))
+    (files / "claim.json").write_text(json.dumps(dict(claim, device_id="sensor-1")))
     # the node's settings: TLS with the broker's CA; readings to gw-1 every 20 ms, MESSAGES of them
     # per boot; the upkeep's schedule shortened (inventory every 3 s, a rotation every 15 s)
     (files / "node.json").write_text(json.dumps({
@@ -133,7 +105,7 @@ def test_a_flashed_board_enrolls_talks_keeps_its_keys_reboots_and_stops_when_rev
         while written != board.host_bytes:  # until the relay has taken the last bytes mpremote wrote
             written = board.host_bytes
             time.sleep(0.5)
-        serial = Serial(board.port)
+        serial = SerialTap(board.port)
         t0 = time.monotonic()
         board.reboot()  # power cycle: main.py runs on its own
 
