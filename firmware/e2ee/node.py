@@ -198,8 +198,10 @@ class Node:
 
     # A list from the crl topic: stored when newer; the node stops when it names its own certificate.
     def _crl(self, data):
-        if self.device.update_revocation_list(data) is None:
+        version = self.device.update_revocation_list(data)
+        if version is None:
             return
+        self._log("e2ee: revocation list %d" % version)
         trust = self.device.sessions.trust
         from e2ee.protocol.certificate import decode_certificate_unverified
         if trust.is_revoked(decode_certificate_unverified(trust.certificate).serial):

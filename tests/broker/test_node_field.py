@@ -154,6 +154,13 @@ def test_a_flashed_board_enrolls_talks_keeps_its_keys_reboots_and_stops_when_rev
         assert serial.count("got gw-1 again", mark) == 10
         assert operator.device("sensor-1")["fleet"] == fleet  # no second enrollment
 
+        # another device revoked: the board takes the new list from its crl topic and carries on
+        operator.revoke("gw-2", "retired")
+        _until(lambda: serial.count("e2ee: revocation list") == 1, 30, "the new list on the board", host, serial)
+        seq = host.send("sensor-1", b"still there?")
+        _until(lambda: host.status("sensor-1", seq)[0] == "delivered", 30, "a message after the list", host, serial)
+        assert serial.count("stopped:") == 0
+
         # the operator revokes it: the broker cuts it off, the board stops, the host refuses it
         operator.revoke("sensor-1", "decommissioned")
         _until(lambda: serial.count("stopped:") == 1, 30, "the board stops")
