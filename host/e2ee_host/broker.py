@@ -38,11 +38,12 @@ from e2ee_host import resources
 from e2ee_host.transport import MAX_RECONNECT_DELAY, paho_client
 
 __all__ = ["Bridge", "BrokerError", "DynSec", "MosquittoProcess", "REQUEST_TOPICS", "SiteBrokers",
-           "bridge_config", "bridge_role", "bridge_user", "claim_role", "dev_tls", "device_role", "init_dynamic_security",
+           "bridge_config", "bridge_role", "jetstream_bridge_config", "bridge_user", "claim_role", "dev_tls", "device_role", "init_dynamic_security",
            "service_role", "with_settings"]
 
 TEMPLATE = resources.folder("broker-config") / "mosquitto.conf.template"
 BRIDGE_TEMPLATE = resources.folder("broker-config") / "bridge.conf"
+JETSTREAM_BRIDGE_TEMPLATE = resources.folder("broker-config") / "jetstream-bridge.conf"
 CONTROL = "$CONTROL/dynamic-security/v1"
 SERVICE_ROLE = "e2ee-service"
 # Inbox messages received but not yet stored by the relay. The broker sends at most its
@@ -198,6 +199,22 @@ def bridge_config(bridge: Bridge) -> str:
     return out
 
 
+def jetstream_bridge_config(site: str, fleets: Iterable[str], nats_host: str, nats_mqtt_port: int,
+                            restart: tuple[int, int] = (1, 5)) -> str:
+    """broker-config/jetstream-bridge.conf filled in: this broker's inbox traffic of `fleets`
+    copied into nats-server's MQTT listener (the relay's JetStream source)."""
+    fleets = list(fleets)
+    for name in (site, *fleets):
+        if not name or any(c in name for c in "/+#\n :{}"):
+            raise BrokerError("not a site or fleet name for a bridge: %r" % name)
+    if not fleets:
+        raise BrokerError("a bridge carries at least one fleet")
+    head, marker, block = JETSTREAM_BRIDGE_TEMPLATE.read_text().partition("# Topics of fleet")
+    common = dict(site=site, nats_host=nats_host, nats_mqtt_port=nats_mqtt_port, restart_base=restart[0],
+                  restart_cap=restart[1])
+    return head.format(**common) + "".join((marker + block).format(fleet=f, **common) for f in fleets)
+
+
 def bridge_role(site: str, fleets: Iterable[str]) -> dict[str, Any]:
     """The bridge credential's role on the central broker: exactly the topics bridge.conf carries,
     per fleet: subscribe (what comes down) the inboxes, group topics, the revocation list and the
@@ -220,10 +237,11 @@ class MosquittoProcess:
     `data_dir` (kept across restart() and kill()). `settings` replaces the values of some options
     of the template (benchmarks of other queue or autosave settings); options the template lacks
     are appended. `bridge`: this is a site broker, bridged to a central one (broker-config/bridge.conf
-    appended to its configuration, which is then mode 0600: it holds the bridge's password)."""
+    appended to its configuration, which is then mode 0600: it holds the bridge's password; or
+    a bridge section's text as it is, e.g. jetstream_bridge_config())."""
 
     def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None, tls: bool = False,
-                 settings: Mapping[str, str] | None = None, bridge: Bridge | None = None) -> None:
+                 settings: Mapping[str, str] | None = None, bridge: Bridge | str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.bridge = bridge
         self.settings = dict(settings or {})
@@ -259,7 +277,7 @@ class MosquittoProcess:
                                            dynsec_plugin=_plugin(), user=getpass.getuser())
         conf = with_settings(conf, self.settings)
         if self.bridge is not None:
-            conf += "\n" + bridge_config(self.bridge)
+            conf += "\n" + (self.bridge if isinstance(self.bridge, str) else bridge_config(self.bridge))
         path = self.data_dir / "mosquitto.conf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)

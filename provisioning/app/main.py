@@ -66,7 +66,8 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
         if settings.relay_jetstream_url:  # the relay consumes JetStream, not the admin's MQTT session
             from e2ee_provisioning.core.jetstream import JetStreamRelay
             jetstream = JetStreamRelay(settings.relay_jetstream_url, settings.relay_jetstream_stream,
-                                       settings.relay_jetstream_durable, relay.on_inbox).start()
+                                       settings.relay_jetstream_durable, relay.on_inbox,
+                                       ack_wait=settings.relay_jetstream_ack_wait).start()
         if app.state.broker is None and settings.broker_admin_user:
             from e2ee_host.broker import DynSec
             tls_ca = settings.broker_admin_tls_ca

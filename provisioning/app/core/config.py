@@ -108,6 +108,9 @@ class Settings(DatabaseSettings):
     relay_jetstream_url: str = ""
     relay_jetstream_stream: str = "E2EE_INBOX"
     relay_jetstream_durable: str = "e2ee-relay"
+    # seconds before a message the consumer fetched and did not acknowledge comes again (a replica
+    # that died, an acknowledgement lost while the NATS server restarted)
+    relay_jetstream_ack_wait: float = Field(30.0, ge=1, le=3600)
     # Encrypted backups (docs/backup.md): where blobs go ("file": backup_dir, default
     # data_dir/backups; "s3": an S3-compatible bucket through boto3, credentials from the usual
     # AWS_* variables), the largest blob, and wrong fetch attempts before the backup locks.
