@@ -387,10 +387,16 @@ class DynSec:
     def __init__(self, host: str, port: int, user: str, password: str, timeout: float = 10.0,
                  client_id: str | None = None, on_inbox: Callable[[str, str, bytes], None] | None = None,
                  tls_ca: str | None = None, on_request: Callable[[str, bytes], None] | None = None,
-                 observe: Callable[[str, float, bool], None] | None = None) -> None:
+                 observe: Callable[[str, float, bool], None] | None = None, share_group: str | None = None) -> None:
         """client_id: a fixed id makes the session persistent (clean_session False), so inbox
         messages for relay clients that arrive while the service is down, or that it received but
-        had not stored, wait at the broker. on_inbox(fleet, device_id, payload): every inbox message
+        had not stored, wait at the broker. Each replica of the service has an id of its own (two
+        admins with one id take the session from each other, the broker ending one connection at
+        every reconnect). share_group: the inbox and request subscriptions become the shared
+        subscriptions $share/<group>/<filter> (MQTT 5, which Mosquitto 2 grants to MQTT 3.1.1
+        clients too): the broker hands each message to one admin of the group, so replicas
+        share the relay and the service channel instead of each serving every message.
+        on_inbox(fleet, device_id, payload): every inbox message
         (the relay), called on the inbox worker, in order; an exception is logged (its type only)
         and the same message is offered again after a pause, so a failing store delays the relay
         but loses nothing. tls_ca: connect over TLS trusting this CA file (hostname checked).
@@ -420,6 +426,7 @@ class DynSec:
         self._inbox: queue.Queue[Any] = queue.Queue(MAX_INBOX_BACKLOG)
         self._worker: threading.Thread | None = None
         self._on_request = on_request
+        self._share = "$share/%s/" % share_group if share_group else ""
         self._requests: queue.Queue[Any] = queue.Queue(MAX_INBOX_BACKLOG)
         self._request_worker: threading.Thread | None = None
         self._client = paho_client(self, client_id or "e2ee-admin-" + uuid.uuid4().hex[:8], user, password,
@@ -518,11 +525,13 @@ class DynSec:
         if rc.is_failure:
             self._failure = "CONNACK %s" % rc
             return
-        wanted = [(CONTROL + "/response", 1)]
+        wanted = [(CONTROL + "/response", 1)]  # never shared: every admin waits for its own answers
         if self._on_inbox is not None:
-            wanted.append((topics.PREFIX + "+/d/+/inbox", 1))
+            wanted.append((self._share + topics.PREFIX + "+/d/+/inbox", 1))
         if self._on_request is not None:
-            wanted += [(pattern, 1) for pattern in REQUEST_TOPICS]
+            wanted += [(self._share + pattern, 1) for pattern in REQUEST_TOPICS]
+        if self._share and len(wanted) > 1:  # a session from before sharing: its plain filters go
+            client.unsubscribe([topic[len(self._share):] for topic, _ in wanted[1:]])
         with self._lock:  # the SUBACK (same thread) cannot come before _sub_mid is known
             result, self._sub_mid = client.subscribe(wanted)
         if result != mqtt.MQTT_ERR_SUCCESS:

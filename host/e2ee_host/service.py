@@ -75,6 +75,12 @@ class ServiceProcess:
             self._proc.kill()
             self._proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: a crash (nothing flushed, no broker DISCONNECT); start() runs it again."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
     def __enter__(self) -> ServiceProcess:
         return self.start()
 

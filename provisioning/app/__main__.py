@@ -40,13 +40,15 @@ def main() -> None:
     args = parser.parse_args()
     settings = _settings()
     configure_logging(args.log_level, settings.log_format)
-    # log_config=None: uvicorn's loggers keep the one handler and format configured here
+    # log_config=None: uvicorn's loggers keep the one handler and format configured here;
+    # proxy_headers=False: the client address is the TCP peer, X-Forwarded-For is read by the
+    # service from E2EE_PROV_TRUSTED_PROXIES only (core/proxies.py), not from uvicorn's own list.
     # HTTPS when E2EE_PROV_TLS_CERTFILE/KEYFILE are set (both or neither, checked by Settings)
     tls = {}
     if settings.tls_certfile is not None and settings.tls_keyfile is not None:
         tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None,
-                **tls)
+                proxy_headers=False, **tls)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,22 @@ from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.db import check_migrations, make_engine, make_sessionmaker, run_migrations
 from e2ee_provisioning.core.gauges import BrokerGauges, DatabaseGauges
 from e2ee_provisioning.core.metrics import Metrics
-from e2ee_provisioning.core.ratelimit import TokenBuckets
+from e2ee_provisioning.core.proxies import TrustedProxies
+from e2ee_provisioning.core.ratelimit import make_buckets, redis_client
 from e2ee_provisioning.core.requestmetrics import RequestMetrics
 
-__all__ = ["create_app"]
+__all__ = ["SHARE_GROUP", "admin_client_id", "create_app"]
+
+# The shared-subscription group of every replica's broker admin (docs/provisioning.md, "Replicas"):
+# each inbox message and service-channel request goes to one replica of the group.
+SHARE_GROUP = "e2ee-provisioning"
+
+
+def admin_client_id(settings: Settings) -> str:
+    """The broker admin's client id: one per replica (E2EE_PROV_REPLICA_ID), the same at each of
+    its restarts, so its persistent session (what the broker handed it and it had not stored) is
+    found again; two replicas with one id would take the session from each other at every reconnect."""
+    return "e2ee-provisioning-" + settings.replica_id if settings.replica_id else "e2ee-provisioning"
 
 
 def _with_sites(central: Any, sites: str) -> Any:
@@ -73,8 +85,8 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
             tls_ca = settings.broker_admin_tls_ca
             owned = app.state.broker = DynSec(
                 settings.broker_admin_host, settings.broker_admin_port, settings.broker_admin_user,
-                settings.broker_admin_password.get_secret_value(), client_id="e2ee-provisioning",
-                on_inbox=relay.on_inbox if jetstream is None else None,
+                settings.broker_admin_password.get_secret_value(), client_id=admin_client_id(settings),
+                share_group=SHARE_GROUP, on_inbox=relay.on_inbox if jetstream is None else None,
                 tls_ca=str(tls_ca) if tls_ca else None, on_request=ServiceChannel(app).on_request,
                 observe=app.state.metrics.observe_broker)
             if settings.broker_sites.get_secret_value():
@@ -90,6 +102,8 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
                 owned.close()
                 app.state.broker = None
             engine.dispose()
+            if app.state.redis is not None:
+                app.state.redis.close()
 
     app = FastAPI(title="e2ee-iot provisioning", version="0.1.0", lifespan=lifespan,
                   description="Device registry, enrollment claims and key directory (docs/provisioning.md)")
@@ -98,11 +112,20 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
     app.state.metrics.register(DatabaseGauges(app.state, app.state.metrics))
     app.state.metrics.register(BrokerGauges(app.state))
     ProcessCollector(registry=app.state.metrics.registry)
-    app.state.bundle_buckets = TokenBuckets(settings.bundle_rate_capacity, settings.bundle_rate_per_second)
-    app.state.enroll_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
+    # rate limits in the process or, for replicas, in Redis (core/ratelimit.py); client addresses
+    # from X-Forwarded-For of trusted proxies only (core/proxies.py)
+    app.state.proxies = TrustedProxies.parse(settings.trusted_proxies)
+    redis = app.state.redis = (redis_client(settings.redis_url.get_secret_value())
+                               if settings.rate_limit_store == "redis" else None)
+    app.state.bundle_buckets = make_buckets(settings, redis, "bundle", settings.bundle_rate_capacity,
+                                            settings.bundle_rate_per_second)
+    app.state.enroll_buckets = make_buckets(settings, redis, "enroll", settings.enroll_rate_capacity,
+                                            settings.enroll_rate_per_second)
     # the MQTT service channel (api/channel.py): requests per device topic, as enrollments per address
-    app.state.channel_buckets = TokenBuckets(settings.enroll_rate_capacity, settings.enroll_rate_per_second)
-    app.state.report_buckets = TokenBuckets(reports.REPORT_CAPACITY, reports.REPORTS_PER_SECOND)  # per device
+    app.state.channel_buckets = make_buckets(settings, redis, "channel", settings.enroll_rate_capacity,
+                                             settings.enroll_rate_per_second)
+    app.state.report_buckets = make_buckets(settings, redis, "report", reports.REPORT_CAPACITY,  # per device
+                                            reports.REPORTS_PER_SECOND)
     app.state.ca = FileCAKeystore(settings.ca_path)
     app.state.broker = broker
     app.state.claim_revoked_hooks = []  # routes/claims.py on_claim_revoked()

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer
 from sqlalchemy import (
-    BigInteger, Boolean, DateTime, ForeignKey, Identity, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint,
+    BigInteger, Boolean, DateTime, ForeignKey, Identity, Index, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -192,7 +192,8 @@ class RelayMessage(Base):
     AUTOINCREMENT (its rowid without the keyword hands out max(id) + 1, which reuses the ids of an
     acknowledged, emptied table) and a 64-bit identity on PostgreSQL."""
     __tablename__ = "relay_messages"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (Index("ix_relay_messages_device_digest", "device_pk", "digest", unique=True),
+                      {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), Identity(always=True),
                                     primary_key=True)
@@ -200,6 +201,9 @@ class RelayMessage(Base):
     sender: Mapped[str] = mapped_column(String(DEVICE_ID_MAX))
     envelope: Mapped[bytes] = mapped_column(LargeBinary(8192))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # SHA-256 of sender and envelope (core/relay.py relay_digest): a copy the broker delivers again
+    # is not stored twice (alembic 0009; None on rows stored before it)
+    digest: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
 
 
 class SignedRequest(Base):

@@ -262,7 +262,7 @@ def limit_bundle_fetches(request: Request, requester: RequesterAuth, metrics: Me
     for operator keys); 429 with Retry-After when it is empty."""
     key = requester.rate_key
     if requester.device is None:
-        key += ":" + (request.client.host if request.client else "?")
+        key += ":" + request.app.state.proxies.client_address(request)
     bundle_rate_allows(request.app.state.bundle_buckets, key, metrics)
     return requester
 
@@ -281,10 +281,11 @@ BundleRateLimit = Annotated[Requester, Depends(limit_bundle_fetches)]
 
 
 def limit_enrollment(request: Request, metrics: MetricsDep) -> None:
-    """One token per challenge or enrollment request from the client address's bucket; 429
-    with Retry-After when it is empty (before anything is read or written)."""
+    """One token per challenge or enrollment request from the client address's bucket (behind a
+    trusted proxy, the address it forwarded: core/proxies.py); 429 with Retry-After when it is
+    empty (before anything is read or written)."""
     buckets: TokenBuckets = request.app.state.enroll_buckets
-    if not buckets.allow(request.client.host if request.client else "?"):
+    if not buckets.allow(request.app.state.proxies.client_address(request)):
         metrics.inc("e2ee_enrollments_rate_limited_total")
         retry = max(1, int(1 / buckets.per_second))
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "enrollment rate limit",

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from e2ee_provisioning.core.proxies import TrustedProxies
+
 __all__ = ["DEFAULT_OPERATOR_KEY", "DatabaseSettings", "Settings", "hash_api_key"]
 
 # The development operator key; refused unless E2EE_PROV_ENVIRONMENT=development (an opt-in).
@@ -121,6 +123,22 @@ class Settings(DatabaseSettings):
     s3_region: str = "us-east-1"
     max_backup_bytes: int = Field(4 * 1024 * 1024 + 64, ge=1024)
     backup_fetch_attempts: int = Field(10, ge=1, le=1000)
+    # Replicas (docs/provisioning.md, "Replicas"): this process's name among the service's
+    # processes on one database and broker, unique among them and the same at each of its restarts:
+    # its broker admin client id is e2ee-provisioning-<replica_id>, a persistent session whose share
+    # of the relay and service channel waits at the broker while it is down. Empty: the single
+    # service's "e2ee-provisioning".
+    replica_id: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,48}$")
+    # Rate limits' store: "memory" (per process; N replicas allow N times each rate) or "redis"
+    # (one bucket per client for every replica, at redis_url; a Redis that does not answer falls
+    # back to the process's own buckets). redis_url may hold a password.
+    rate_limit_store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # Prefix of the rate limits' Redis keys (one per deployment sharing a Redis).
+    rate_limit_prefix: str = Field("e2ee:rl:", max_length=64)
+    # Reverse proxies whose X-Forwarded-For is believed (core/proxies.py): addresses or CIDR
+    # networks, comma-separated. Empty: the header is ignored, the client is the TCP peer.
+    trusted_proxies: str = ""
     # Log lines (python -m e2ee_provisioning): "text" or "json", one object per line (core/logs.py).
     log_format: Literal["text", "json"] = "text"
 
@@ -137,6 +155,7 @@ class Settings(DatabaseSettings):
         self.factory_key_list()
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("E2EE_PROV_TLS_CERTFILE and E2EE_PROV_TLS_KEYFILE go together: set both or neither")
+        TrustedProxies.parse(self.trusted_proxies)
         if self.backup_store == "s3" and not self.s3_bucket:
             raise ValueError("E2EE_PROV_BACKUP_STORE=s3 needs E2EE_PROV_S3_BUCKET")
         return self

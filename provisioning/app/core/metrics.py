@@ -41,7 +41,7 @@ BROKER_COMMANDS = frozenset({
 LABEL_VALUES: dict[str, frozenset[str]] = {
     "outcome": frozenset({"ok", "error"}),
     "result": frozenset({"ok", "wrong_passphrase", "locked"}),
-    "reason": frozenset({"backlog_full", "not_an_envelope"}),
+    "reason": frozenset({"backlog_full", "not_an_envelope", "duplicate"}),
     "kind": frozenset({"device", "claim"}),
     "status": frozenset({"1xx", "2xx", "3xx", "4xx", "5xx"}),
     # what clients report (POST /reports, models.ClientReport): counts of their own events
@@ -78,7 +78,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "e2ee_backup_lockouts_total": ("Backups locked by their last allowed wrong passphrase", ("fleet",)),
     "e2ee_relay_envelopes_stored_total": ("Envelopes the relay stored for its HTTP clients", ("fleet",)),
     "e2ee_relay_envelopes_dropped_total": (
-        "Inbox messages the relay did not store (backlog_full, not_an_envelope)", ("reason",)),
+        "Inbox messages the relay did not store (backlog_full, not_an_envelope, duplicate)", ("reason",)),
     "e2ee_relay_envelopes_sent_total": ("Envelopes relay clients published through POST /relay/messages", ("fleet",)),
     "e2ee_relay_envelopes_acknowledged_total": ("Stored envelopes their relay client acknowledged", ("fleet",)),
     "e2ee_channel_requests_total": (

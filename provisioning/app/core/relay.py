@@ -6,14 +6,18 @@ it stays until the client acknowledges it.
 never on its network thread: it may wait for the database (a request holding SQLite's write lock
 while it drives the broker) without holding up the broker's answers. The admin acknowledges the
 MQTT message only after on_inbox returned, and offers it again when on_inbox raised, so a database
-error or a service that dies loses nothing (it may store a message twice: at least once, and the
-recipient's Double Ratchet refuses the second copy)."""
+error or a service that dies loses nothing. A message stored but not yet acknowledged when the
+service died comes again (at least once): its digest (sender and envelope) is unique per recipient,
+so the copy is not stored twice. Replicas each get a share of the inboxes (a shared subscription,
+docs/provisioning.md "Replicas"): the database is the only state they share here."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from e2ee.protocol.envelope import MAX_ENVELOPE
@@ -21,7 +25,7 @@ from e2ee.transport import topics
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.models import DEVICE_ID_MAX, Device, RelayClient, RelayMessage, utcnow
 
-__all__ = ["MAX_BACKLOG", "RelayBridge"]
+__all__ = ["MAX_BACKLOG", "RelayBridge", "relay_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,12 @@ log = logging.getLogger(__name__)
 # fleet flooding an inbox cannot fill the database; the broker's own queues are bounded alike.
 MAX_BACKLOG = 10_000
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9._-]{1,%d}$" % DEVICE_ID_MAX)
+
+
+def relay_digest(sender: str, envelope: bytes) -> bytes:
+    """SHA-256 of the sender's id, a NUL (no device id has one) and the envelope: equal for the
+    copies of one message the broker delivers again, unique per recipient in relay_messages."""
+    return hashlib.sha256(sender.encode() + b"\0" + envelope).digest()
 
 
 class RelayBridge:
@@ -67,7 +77,17 @@ class RelayBridge:
                     log.warning("relay backlog of %s is full (%d envelopes): envelope dropped (%d so far)",
                                 device_id, backlog, self._dropped)
                 return
+            digest = relay_digest(sender, bytes(envelope))
+            if session.scalar(select(RelayMessage.id).where(RelayMessage.device_pk == device_pk,
+                                                            RelayMessage.digest == digest)) is not None:
+                self._metrics.inc("e2ee_relay_envelopes_dropped_total", reason="duplicate")
+                return  # delivered again after a replica died before its acknowledgement
             session.add(RelayMessage(device_pk=device_pk, sender=sender, envelope=bytes(envelope),
-                                     received_at=utcnow()))
-            session.commit()
+                                     received_at=utcnow(), digest=digest))
+            try:
+                session.commit()
+            except IntegrityError:  # the same copy stored meanwhile by another replica
+                session.rollback()
+                self._metrics.inc("e2ee_relay_envelopes_dropped_total", reason="duplicate")
+                return
         self._metrics.inc("e2ee_relay_envelopes_stored_total", fleet=fleet)
