@@ -30,11 +30,12 @@ class ServiceProcess:
     """settings: E2EE_PROV_* names without the prefix, lower case (data_dir, database_url, ...)."""
 
     def __init__(self, log_file: str | os.PathLike[str], log_level: str = "info", port: int | None = None,
-                 **settings: object) -> None:
+                 workers: int = 1, **settings: object) -> None:
         self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         self.log_file = Path(log_file)
         self.log_level = log_level
+        self.workers = workers  # uvicorn worker processes (python -m e2ee_provisioning --workers)
         self.settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -46,7 +47,8 @@ class ServiceProcess:
         env.update({"E2EE_PROV_" + k.upper(): str(v) for k, v in self.settings.items()})
         log = open(self.log_file, "ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "e2ee_provisioning", "--port", str(self.port), "--log-level", self.log_level],
+            [sys.executable, "-m", "e2ee_provisioning", "--port", str(self.port), "--log-level", self.log_level,
+             "--workers", str(self.workers)],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout

@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, broker: BrokerAdmin | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.sqlalchemy_url)
+        engine = make_engine(settings.sqlalchemy_url, settings.sqlite_synchronous)
         if settings.migrate_at_startup:
             run_migrations(engine)
         else:  # replicas: the one-off migration ran before them (docs/deployment.md)

@@ -1,16 +1,21 @@
 """Dependencies of the routes, as Annotated aliases: settings, DB session, operator and device
-authentication, the bundle-fetch rate limit."""
+authentication, the bundle-fetch rate limit.
+
+FastAPI runs every plain `def` dependency in its thread pool, a hop of two thread switches
+each; the ones here that do no I/O are `async def` and run on the event loop (issue 16: the
+hops were most of a bundle fetch's CPU). Whatever talks to the database stays in the pool."""
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Query, Request, status
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,7 +25,7 @@ from e2ee.crypto.errors import CryptoError
 from e2ee_host.fleet_ca import CAKeystore
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.metrics import Metrics
-from e2ee_provisioning.core.ratelimit import TokenBuckets
+from e2ee_provisioning.core.ratelimit import SharedTokenBuckets, TokenBuckets
 from e2ee_provisioning.core.security import operator_key_matches, signed_request_message, timestamp_ms
 from e2ee_provisioning.models import Device, Revocation, SignedRequest
 
@@ -31,20 +36,28 @@ __all__ = [
 ]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessionmaker() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session (made without touching the database); closed after the response, in the thread
+    pool when it still holds a connection (closing rolls back: a database round trip)."""
+    session: Session = request.app.state.sessionmaker()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def get_ca(request: Request) -> CAKeystore:
+async def get_ca(request: Request) -> CAKeystore:
     return request.app.state.ca  # type: ignore[no-any-return]
 
 
@@ -70,7 +83,7 @@ def _check_operator(key: str | None, settings: Settings, metrics: Metrics) -> No
         raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "invalid operator API key")
 
 
-def require_operator(settings: SettingsDep, metrics: MetricsDep,
+async def require_operator(settings: SettingsDep, metrics: MetricsDep,
                      x_api_key: Annotated[str | None, Header()] = None) -> None:
     _check_operator(x_api_key, settings, metrics)
 
@@ -236,20 +249,21 @@ class Requester:
         return "operator" if self.device is None else "device:%d" % self.device.id
 
 
-def require_requester(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep,
-                      body: Annotated[bytes, Depends(raw_body)],
-                      x_api_key: Annotated[str | None, Header()] = None,
-                      x_e2ee_device: Annotated[str | None, Header()] = None,
-                      x_e2ee_timestamp: Annotated[str | None, Header()] = None,
-                      x_e2ee_signature: Annotated[str | None, Header()] = None) -> Requester:
-    """An operator key or a device signature, whichever the request carries."""
+async def require_requester(request: Request, session: SessionDep, settings: SettingsDep, metrics: MetricsDep,
+                            body: Annotated[bytes, Depends(raw_body)],
+                            x_api_key: Annotated[str | None, Header()] = None,
+                            x_e2ee_device: Annotated[str | None, Header()] = None,
+                            x_e2ee_timestamp: Annotated[str | None, Header()] = None,
+                            x_e2ee_signature: Annotated[str | None, Header()] = None) -> Requester:
+    """An operator key or a device signature, whichever the request carries (the signature's
+    check reads and writes the database: in the thread pool)."""
     if x_api_key is not None:
         _check_operator(x_api_key, settings, metrics)
         return Requester(None)
     signed = _signed_headers(x_e2ee_device, x_e2ee_timestamp, x_e2ee_signature, metrics)
     if signed is None:
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "operator API key or device signature required")
-    return Requester(_verify_device(request, session, settings, metrics, signed, body))
+    return Requester(await run_in_threadpool(_verify_device, request, session, settings, metrics, signed, body))
 
 
 RequesterAuth = Annotated[Requester, Depends(require_requester)]
@@ -257,14 +271,24 @@ RequesterAuth = Annotated[Requester, Depends(require_requester)]
 
 # --- rate limits ----------------------------------------------------------------------------
 
-def limit_bundle_fetches(request: Request, requester: RequesterAuth, metrics: MetricsDep) -> Requester:
+async def limit_bundle_fetches(request: Request, requester: RequesterAuth, metrics: MetricsDep) -> Requester:
     """One token per bundle fetch from the requester's bucket (per device, or per client address
     for operator keys); 429 with Retry-After when it is empty."""
     key = requester.rate_key
     if requester.device is None:
         key += ":" + request.app.state.proxies.client_address(request)
-    bundle_rate_allows(request.app.state.bundle_buckets, key, metrics)
+    await _on_loop_or_pool(request.app.state.bundle_buckets, bundle_rate_allows, request.app.state.bundle_buckets,
+                           key, metrics)
     return requester
+
+
+async def _on_loop_or_pool(buckets: TokenBuckets, check: Callable[..., None], *args: Any) -> None:
+    """check(*args) on the event loop for in-process buckets; in the thread pool for the shared
+    store's, whose allow() is a Redis round trip (it must not hold up the loop)."""
+    if isinstance(buckets, SharedTokenBuckets):
+        await run_in_threadpool(check, *args)
+    else:
+        check(*args)
 
 
 def bundle_rate_allows(buckets: TokenBuckets, key: str, metrics: Metrics) -> None:
@@ -280,11 +304,15 @@ def bundle_rate_allows(buckets: TokenBuckets, key: str, metrics: Metrics) -> Non
 BundleRateLimit = Annotated[Requester, Depends(limit_bundle_fetches)]
 
 
-def limit_enrollment(request: Request, metrics: MetricsDep) -> None:
+async def limit_enrollment(request: Request, metrics: MetricsDep) -> None:
     """One token per challenge or enrollment request from the client address's bucket (behind a
     trusted proxy, the address it forwarded: core/proxies.py); 429 with Retry-After when it is
     empty (before anything is read or written)."""
     buckets: TokenBuckets = request.app.state.enroll_buckets
+    await _on_loop_or_pool(buckets, _enrollment_allows, buckets, request, metrics)
+
+
+def _enrollment_allows(buckets: TokenBuckets, request: Request, metrics: Metrics) -> None:
     if not buckets.allow(request.app.state.proxies.client_address(request)):
         metrics.inc("e2ee_enrollments_rate_limited_total")
         retry = max(1, int(1 / buckets.per_second))

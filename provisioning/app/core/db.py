@@ -29,25 +29,27 @@ ALEMBIC_DIR = resources.folder("provisioning/alembic")
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; creates the SQLite file's directory when needed."""
+def make_engine(url: str, sqlite_synchronous: str = "full") -> Engine:
+    """An engine for `url`; creates the SQLite file's directory when needed. `sqlite_synchronous`:
+    SQLite's PRAGMA synchronous, "full" or "normal" (core/config.py)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False})
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, {"full": "FULL", "normal": "NORMAL"}[sqlite_synchronous])
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # pysqlite's own BEGIN handling off: SQLAlchemy's "begin" event below emits it
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=%s" % synchronous)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=%d" % _SQLITE_BUSY_TIMEOUT_MS)
         cursor.close()

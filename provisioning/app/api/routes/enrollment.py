@@ -106,11 +106,22 @@ def _usable_claim(session: Session, token: str, fleet: str, metrics: Metrics) ->
     return claim
 
 
-def _identity_revoked(session: Session, req: EnrollmentRequest) -> bool:
-    """The device id or either identity key belongs to a revoked device."""
-    return session.scalar(select(Device.id).join(Revocation, Revocation.device_pk == Device.id).where(
-        or_(Device.device_id == req.device_id, Device.is_pub == req.is_pub, Device.ik_pub == req.ik_pub))
-        .limit(1)) is not None
+def _known_identities(session: Session, req: EnrollmentRequest, metrics: Metrics) -> Device | None:
+    """The device enrolled under req.device_id (locked for the update, PostgreSQL), or None;
+    refused when the device id or either identity key belongs to a revoked device (403), or an
+    identity key or the board is enrolled as another device (409). One SELECT of every device
+    sharing an identifier with the request (issue 16: it was three)."""
+    rows = session.execute(select(Device, Revocation.id).outerjoin(Revocation, Revocation.device_pk == Device.id)
+                           .where(or_(Device.device_id == req.device_id, Device.is_pub == req.is_pub,
+                                      Device.ik_pub == req.ik_pub,
+                                      *([Device.board_uid == req.board_uid] if req.board_uid else [])))
+                           .with_for_update(of=Device)).all()
+    if any(revoked is not None and (d.device_id == req.device_id or d.is_pub == req.is_pub or d.ik_pub == req.ik_pub)
+           for d, revoked in rows):
+        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "this identity is revoked and cannot enroll again")
+    if any(d.device_id != req.device_id for d, _ in rows):
+        raise _refuse(metrics, status.HTTP_409_CONFLICT, "identity key or board already enrolled as another device")
+    return next((d for d, _ in rows if d.device_id == req.device_id), None)
 
 
 def _check_operator_key(key: str | None, settings: Settings, metrics: Metrics) -> bool:
@@ -251,20 +262,12 @@ def enroll(req: EnrollmentRequest, *, session: Session, settings: Settings, metr
         raise _refuse(metrics, status.HTTP_401_UNAUTHORIZED, "proof of possession does not verify")
     # 4. hardware binding evidence
     _check_evidence(req, claim, settings, metrics)
-    # 5. revoked identities stay out
-    if _identity_revoked(session, req):
-        raise _refuse(metrics, status.HTTP_403_FORBIDDEN, "this identity is revoked and cannot enroll again")
-    # 6. conflicts: the identity key or the board under another device id
-    clash = session.scalar(select(Device.device_id).where(
-        Device.device_id != req.device_id,
-        or_(Device.is_pub == req.is_pub, Device.ik_pub == req.ik_pub,
-            *([Device.board_uid == req.board_uid] if req.board_uid else []))).limit(1))
-    if clash is not None:
-        raise _refuse(metrics, status.HTTP_409_CONFLICT, "identity key or board already enrolled as another device")
-    # FOR UPDATE: enrollments of one device id take turns from here on PostgreSQL (SQLite's BEGIN
-    # IMMEDIATE already serializes them), so the PIN attempts below never outrun their limit and
-    # a re-registration supersedes the certificate of the one before it (issue 12, finding 11)
-    device = session.scalar(select(Device).where(Device.device_id == req.device_id).with_for_update())
+    # 5. revoked identities stay out; 6. conflicts: the identity key or the board under another
+    # device id. FOR UPDATE: enrollments of one device id take turns from here on PostgreSQL
+    # (SQLite's BEGIN IMMEDIATE already serializes them), so the PIN attempts below never outrun
+    # their limit and a re-registration supersedes the certificate of the one before it (issue
+    # 12, finding 11)
+    device = _known_identities(session, req, metrics)
     if device is not None and device.fleet != req.fleet:
         raise _refuse(metrics, status.HTTP_409_CONFLICT, "device id is enrolled in another fleet")
     rekey = device is not None and (device.ik_pub != req.ik_pub or device.is_pub != req.is_pub)
@@ -317,6 +320,7 @@ def enroll(req: EnrollmentRequest, *, session: Session, settings: Settings, metr
     if rekey:
         publish_revocation_list(session, ca)
         metrics.inc("e2ee_revocation_lists_signed_total")
+    crl = current_revocation_list(session)  # read before the commit: no second transaction for it
     mqtt = _broker_credentials(broker, settings, device, metrics, mqtt_password)
     try:
         session.commit()
@@ -328,7 +332,6 @@ def enroll(req: EnrollmentRequest, *, session: Session, settings: Settings, metr
         _retire_spent_claim(session, broker, claim)
     log.info("enrolled %s in fleet %s: certificate %s until %d%s", device.device_id, device.fleet, serial.hex(),
              not_after, " (re-registered with new keys)" if rekey else "")
-    crl = current_revocation_list(session)
     if rekey:
         _publish_revocation_list(broker, device.fleet, crl.data, metrics)
     return EnrollmentResult(device_id=device.device_id, fleet=device.fleet, certificate=data, serial=serial.hex(),

@@ -17,13 +17,12 @@ from e2ee.crypto.errors import CryptoError
 from e2ee.protocol import keys
 from e2ee_provisioning.api.deps import (
     BundleRateLimit, DeviceAuth, MetricsDep, RequesterAuth, SessionDep, SettingsDep, accept_signed_write,
-    device_is_revoked,
 )
 from e2ee_provisioning.api.openapi import refusals
 from e2ee_provisioning.core.config import Settings
 from e2ee_provisioning.core.metrics import Metrics
 from e2ee_provisioning.models import (
-    BundlePublic, Device, InventoryPublic, OneTimePrekey, PrekeyUpload, SignedPrekey, utcnow,
+    BundlePublic, Device, InventoryPublic, OneTimePrekey, PrekeyUpload, Revocation, SignedPrekey, utcnow,
 )
 
 router = APIRouter(prefix="/keys", tags=["keys"])
@@ -122,14 +121,14 @@ def get_inventory(device_id: str, requester: RequesterAuth, session: SessionDep,
     return inventory(session=session, settings=settings, device=_device(session, device_id))
 
 
-def take_one_time_prekey(*, session: Session, device: Device) -> tuple[int, bytes] | None:
+def take_one_time_prekey(*, session: Session, device_pk: int) -> tuple[int, bytes] | None:
     """Deletes and returns one of the device's one-time prekeys (lowest id first), or None.
 
     One statement, DELETE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING:
     on PostgreSQL concurrent fetches lock different rows and skip each other's, so no key is
     returned twice and none is skipped while free ones remain; SQLite ignores FOR UPDATE and
     the surrounding BEGIN IMMEDIATE transaction serializes fetches (core/db.py)."""
-    pick = (select(OneTimePrekey.id).where(OneTimePrekey.device_pk == device.id)
+    pick = (select(OneTimePrekey.id).where(OneTimePrekey.device_pk == device_pk)
             .order_by(OneTimePrekey.opk_id).limit(1).with_for_update(skip_locked=True).scalar_subquery())
     row = session.execute(delete(OneTimePrekey).where(OneTimePrekey.id == pick)
                           .returning(OneTimePrekey.opk_id, OneTimePrekey.opk_pub)).first()
@@ -151,20 +150,27 @@ def get_bundle(device_id: str, requester: BundleRateLimit, session: SessionDep, 
 def serve_bundle(*, session: Session, metrics: Metrics, requester: Device | None, device_id: str) -> BundlePublic:
     """The bundle of get_bundle for `requester` (a device, or None for an operator), its one-time
     prekey taken; HTTP and the service channel (api/channel.py) serve bundles through here.
-    HTTPException 404 (unknown, another fleet, no signed prekey) or 410 (revoked)."""
-    device = _device(session, device_id)
-    if requester is not None and requester.fleet != device.fleet:
+    HTTPException 404 (unknown, another fleet, no signed prekey) or 410 (revoked).
+
+    Two statements and the commit (issue 16): the device, its signed prekey and whether it is
+    revoked in one SELECT, then the one-time prekey's DELETE ... RETURNING."""
+    row = session.execute(
+        select(Device.id, Device.fleet, Device.ik_pub, Device.is_pub, Revocation.id, SignedPrekey.spk_id,
+               SignedPrekey.spk_pub, SignedPrekey.spk_sig)
+        .outerjoin(Revocation, Revocation.device_pk == Device.id)
+        .outerjoin(SignedPrekey, SignedPrekey.device_pk == Device.id)
+        .where(Device.device_id == device_id).limit(1)).first()
+    if row is None or (requester is not None and requester.fleet != row[1]):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such device")
-    if device_is_revoked(session, device):
+    device_pk, fleet, ik_pub, is_pub, revocation, spk_id, spk_pub, spk_sig = row
+    if revocation is not None:
         raise HTTPException(status.HTTP_410_GONE, "device is revoked")
-    spk = session.scalar(select(SignedPrekey).where(SignedPrekey.device_pk == device.id))
-    if spk is None:
+    if spk_id is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "device has not published a signed prekey")
-    taken = take_one_time_prekey(session=session, device=device)
-    bundle = keys.PrekeyBundle(device.ik_pub, device.is_pub, spk.spk_id, spk.spk_pub, spk.spk_sig,
-                               *(taken or (None, None)))
+    taken = take_one_time_prekey(session=session, device_pk=device_pk)
+    bundle = keys.PrekeyBundle(ik_pub, is_pub, spk_id, spk_pub, spk_sig, *(taken or (None, None)))
     session.commit()
-    metrics.inc("e2ee_bundle_fetches_total", fleet=device.fleet)
+    metrics.inc("e2ee_bundle_fetches_total", fleet=fleet)
     if taken is None:
-        metrics.inc("e2ee_bundle_fetches_without_one_time_prekey_total", fleet=device.fleet)
-    return BundlePublic(device_id=device.device_id, bundle=bundle.to_bytes(), one_time_prekey=taken is not None)
+        metrics.inc("e2ee_bundle_fetches_without_one_time_prekey_total", fleet=fleet)
+    return BundlePublic(device_id=device_id, bundle=bundle.to_bytes(), one_time_prekey=taken is not None)
