@@ -26,6 +26,7 @@ import time
 
 from e2ee.protocol.enrollment import request_message
 from e2ee.transport import topics
+from e2ee.transport.link import _diff, _ticks  # the link's monotonic ms clock
 
 try:
     from micropython import const
@@ -37,17 +38,6 @@ MAX_PENDING = const(4)  # requests in flight at once: a board asks for one thing
 TIMEOUT_MS = const(30000)  # an answer not here by then counts as lost (status 0); ask again
 _PLAUSIBLE_MS = 1600000000000  # a wall clock below this (2020-09) is not set: the service's time is used
 _NO_ANSWER = const(0)
-
-if hasattr(time, "ticks_ms"):
-    _ticks = time.ticks_ms
-    _diff = time.ticks_diff
-else:
-    def _ticks():
-        return int(time.monotonic() * 1000)
-
-    def _diff(a, b):
-        return a - b
-
 
 def _wall_ms():
     if hasattr(time, "time_ns"):
