@@ -18,6 +18,7 @@ import pytest
 
 from e2ee.protocol.delivery import DELIVERED, WINDOW
 from e2ee_host.broker import MosquittoProcess
+from e2ee_host.devstack import wired_service
 from e2ee_host.client import OperatorClient
 from e2ee_host.install import HostInstall
 from e2ee_host.messenger import Messenger
@@ -47,10 +48,7 @@ class System:
 def system(tmp_path_factory) -> Iterator[System]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("no-silent-loss")
     with MosquittoProcess(tmp / "broker") as broker:
-        with ServiceProcess(tmp / "service.log", data_dir=tmp / "service", operator_api_key=OPERATOR_KEY,
-                            broker_admin_host=broker.host, broker_admin_port=broker.port,
-                            broker_admin_user=broker.admin_user, broker_admin_password=broker.admin_password,
-                            mqtt_host=broker.host, mqtt_port=broker.port) as service:
+        with wired_service(broker, tmp / "service.log", tmp / "service", OPERATOR_KEY) as service:
             yield System(broker, service)
 
 
